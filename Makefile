@@ -1,0 +1,33 @@
+# The two commands of the README: `make run` and `make test`. Both build .venv from nothing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint check bench clean
+
+$(BIN)/scalesocket: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $@
+
+# A shared chat room: open http://localhost:9000/?room=lobby in two browser tabs.
+run: $(BIN)/scalesocket
+	$(BIN)/scalesocket --addr 0.0.0.0:9000 --staticdir examples/chat --frame=json \
+		--joinmsg '{"type":"join"}' --leavemsg '{"type":"leave"}' examples/chat/chat.py
+
+lint: $(BIN)/scalesocket
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest
+
+check: test
+
+bench: $(BIN)/scalesocket
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,92 @@
+"""scalesocket: turn any stdin/stdout program into a multiplayer websocket server.
+
+`create_app(settings)` builds the Starlette application; `app.asgi` (for `uvicorn app:asgi`) builds
+it from `SCALESOCKET_*` environment variables on first access — the only place that reads them, so
+a plain `import app` needs none.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from app.rooms import Rooms
+from app.routes import State, bad_path, health, room_socket
+from app.senders import CaptureProtocol
+from app.settings import Settings
+
+__all__ = ["Settings", "create_app"]
+__version__ = "0.2.0"
+
+log = logging.getLogger("scalesocket")
+
+
+def _raise_sigterm() -> None:
+    # Under a plain `uvicorn app:asgi` the app cannot reach the server: ask it to stop as a user would.
+    signal.raise_signal(signal.SIGTERM)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The scalesocket ASGI application for `settings`."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        async with anyio.create_task_group() as tg:
+            rooms = Rooms(tg, settings)
+            app.state.rooms = rooms
+            if settings.oneshot:
+                tg.start_soon(_exit_after_session, rooms, lambda: app.state.request_exit)
+            yield {"rooms": rooms}
+            # Last resort (the server normally began this on the signal): close every client, and
+            # cancel every room; each room's run stops and reaps its child, shielded, as it unwinds.
+            rooms.begin_shutdown()
+            tg.cancel_scope.cancel()
+
+    routes: list[BaseRoute] = [
+        Route("/health", health, methods=["GET", "HEAD"]),
+        WebSocketRoute("/{room}", room_socket),
+        WebSocketRoute("/{path:path}", bad_path),
+    ]
+    if settings.staticdir is not None:
+        routes.append(Mount("/", StaticFiles(directory=settings.staticdir, html=True)))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(CaptureProtocol)])
+    app.state.settings = settings
+    app.state.request_exit = _raise_sigterm
+    return app
+
+
+async def _exit_after_session(rooms: Rooms, request_exit: Callable[[], Callable[[], None]]) -> None:
+    await rooms.finished.wait()
+    log.info("oneshot session over: exiting", extra={"status": rooms.exit_status})
+    request_exit()()
+
+
+def settings_from_env() -> Settings:
+    """Settings from `SCALESOCKET_*`; exits with a one-line message naming a missing or bad variable."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problem = error.errors()[0]
+        name = "SCALESOCKET_" + str(problem["loc"][0]).upper() if problem["loc"] else "SCALESOCKET_*"
+        if problem["type"] == "missing":
+            sys.exit(f"scalesocket: {name} is not set (the command to wrap)")
+        sys.exit(f"scalesocket: {name}: {problem['msg']}")
+
+
+def __getattr__(name: str) -> Starlette:
+    # PEP 562: `import app` stays free of environment; `app.asgi` builds the app on first access.
+    if name != "asgi":
+        raise AttributeError(name)
+    asgi = create_app(settings_from_env())
+    globals()["asgi"] = asgi
+    return asgi

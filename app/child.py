@@ -1,0 +1,221 @@
+"""Child: spawn one wrapped program, carry bytes to and from it, and stop it for sure.
+
+Knows nothing of websockets or rooms. Output arrives by callback (`on_data`/`on_eof`), so the
+owner decides what a chunk means; `pause_output` is the backpressure lever (a paused pipe fills
+and slows the child, as under websocketd). Spawning goes through `os.posix_spawn` (vfork: the
+server's memory is never copied, and it works the same under uvloop), and the exit is watched
+through a pidfd, which fires even while a grandchild still holds stdout open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+
+import anyio
+
+log = logging.getLogger("scalesocket.child")
+
+# Signals Python itself ignores; a child must start with their default actions (as subprocess does).
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+# Between closing stdin and SIGTERM: a well-behaved child (cat, a line-reading script) exits by
+# itself on EOF, after reading what we wrote last (the leave message), as websocketd allows too.
+STDIN_GRACE = 0.1
+
+
+class _Reader(asyncio.Protocol):
+    """Read side of a pipe or socket: forwards chunks and one end-of-stream."""
+
+    def __init__(self, on_data: Callable[[bytes], None], on_eof: Callable[[], None]) -> None:
+        self._on_data = on_data
+        self._on_eof: Callable[[], None] | None = on_eof
+        self.transport: asyncio.ReadTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._on_data(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._on_eof is not None:
+            on_eof, self._on_eof = self._on_eof, None
+            on_eof()
+
+
+class _Writer(asyncio.Protocol):
+    """Write side with flow control: `writable` is clear while the transport's buffer is full."""
+
+    def __init__(self) -> None:
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.closed = False
+        self.transport: asyncio.WriteTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.writable.set()  # nobody may wait forever on a pipe that is gone
+
+
+class Channel:
+    """The message path to a child: its stdio pipes, or a TCP connection to it."""
+
+    def __init__(self, writer: _Writer, reader: _Reader) -> None:
+        self._writer = writer
+        self._reader = reader
+
+    @property
+    def closed(self) -> bool:
+        return self._writer.closed
+
+    @property
+    def writable(self) -> bool:
+        return self._writer.writable.is_set()
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for the child; never blocks (the caller bounds what it queues)."""
+        if not self._writer.closed and self._writer.transport is not None:
+            self._writer.transport.write(data)
+
+    async def wait_writable(self) -> None:
+        await self._writer.writable.wait()
+
+    def close_input(self) -> None:
+        if self._writer.transport is not None:
+            self._writer.transport.close()  # flushes what is queued, then EOF
+
+    def pause_output(self) -> None:
+        if self._reader.transport is not None and not self._reader.transport.is_closing():
+            self._reader.transport.pause_reading()
+
+    def resume_output(self) -> None:
+        if self._reader.transport is not None and not self._reader.transport.is_closing():
+            self._reader.transport.resume_reading()
+
+    def close(self) -> None:
+        for transport in (self._writer.transport, self._reader.transport):
+            if transport is not None:
+                transport.close()
+
+
+async def open_pipes(
+    stdin_fd: int, stdout_fd: int, on_data: Callable[[bytes], None], on_eof: Callable[[], None]
+) -> Channel:
+    """Wrap the parent's ends of the child's stdin and stdout pipes."""
+    loop = asyncio.get_running_loop()
+    writer, reader = _Writer(), _Reader(on_data, on_eof)
+    await loop.connect_write_pipe(lambda: writer, os.fdopen(stdin_fd, "wb", buffering=0))
+    await loop.connect_read_pipe(lambda: reader, os.fdopen(stdout_fd, "rb", buffering=0))
+    return Channel(writer, reader)
+
+
+async def drain_to(fd: int, on_data: Callable[[bytes], None], on_eof: Callable[[], None]) -> asyncio.ReadTransport:
+    """Read a pipe to its end, handing chunks to `on_data` (stderr, or stdout in TCP mode)."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_read_pipe(lambda: _Reader(on_data, on_eof), os.fdopen(fd, "rb", buffering=0))
+    return transport
+
+
+class Child:
+    """One running program in a session of its own (so its whole group can be killed)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.exited = anyio.Event()
+        self._pidfd = os.pidfd_open(pid)
+        asyncio.get_running_loop().add_reader(self._pidfd, self._reap)
+
+    @classmethod
+    def spawn(
+        cls, path: str, args: Sequence[str], env: Mapping[str, str], stdin: int, stdout: int, stderr: int
+    ) -> Child:
+        """Start `path args...` with exactly `env` and the given descriptors as fds 0, 1, 2."""
+        pid = os.posix_spawn(
+            path,
+            [path, *args],
+            dict(env),
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, stdin, 0),
+                (os.POSIX_SPAWN_DUP2, stdout, 1),
+                (os.POSIX_SPAWN_DUP2, stderr, 2),
+            ],
+            setsid=True,
+            setsigdef=_RESET_SIGNALS,
+            setsigmask=(),
+        )
+        return cls(pid)
+
+    def _reap(self) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere: nothing more to learn
+            pid, status = self.pid, 0
+        if pid == 0:
+            return
+        asyncio.get_running_loop().remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self.returncode = os.waitstatus_to_exitcode(status)
+        # Grandchildren die with the child: otherwise they keep its stdout open and EOF never comes.
+        self.kill_group()
+        self.exited.set()
+
+    def kill_group(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def signal(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    async def stop(self, channel: Channel | None, grace: float) -> None:
+        """Close stdin, SIGTERM, and after `grace` SIGKILL the group; returns once reaped."""
+        with anyio.CancelScope(shield=True):  # runs during cancellation too: never leave a child behind
+            if channel is not None:
+                channel.close_input()
+            with anyio.move_on_after(STDIN_GRACE):
+                await self.exited.wait()
+            if self.returncode is None:
+                self.signal(signal.SIGTERM)
+                with anyio.move_on_after(grace):
+                    await self.exited.wait()
+            if self.returncode is None:
+                log.warning("child ignored SIGTERM, killing its process group", extra={"pid": self.pid})
+                self.kill_group()
+                await self.exited.wait()
+
+
+def describe_exit(code: int) -> str:
+    """Close reason for an exit status, within a close frame's 123 bytes."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return f"process killed by signal {name}"
+    return f"process exited with code {code}"
+
+
+def shell_status(code: int) -> int:
+    """Exit status a shell would report: 128+N for a signal."""
+    return 128 - code if code < 0 else code

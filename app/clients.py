@@ -1,0 +1,127 @@
+"""Clients: one connected websocket's identity and its bounded outbox.
+
+The room pushes `Batch`es into each client's outbox without ever awaiting a socket; the
+connection's writer task takes them out. A broadcast batch is one object shared by every client
+of the room, so its websocket encoding is computed once however many clients receive it.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+
+from app.templates import ClientInfo
+
+TEXT = 0x1  # websocket opcodes
+BINARY = 0x2
+
+# Server-to-client frames are never masked, so one encoding serves every client.
+_SHORT_HEADERS = {op: [bytes((0x80 | op, n)) for n in range(126)] for op in (TEXT, BINARY)}
+_MEDIUM = struct.Struct("!BBH")
+_LONG = struct.Struct("!BBQ")
+
+
+def encode_frames(opcode: int, payloads: list[bytes]) -> bytes:
+    """Complete, final, unmasked websocket frames for `payloads` (RFC 6455 §5.2)."""
+    short = _SHORT_HEADERS[opcode]
+    parts: list[bytes] = []
+    append = parts.append
+    for payload in payloads:
+        size = len(payload)
+        if size < 126:
+            append(short[size])
+        elif size < 65536:
+            append(_MEDIUM.pack(0x80 | opcode, 126, size))
+        else:
+            append(_LONG.pack(0x80 | opcode, 127, size))
+        append(payload)
+    return b"".join(parts)
+
+
+class Batch:
+    """Messages of one kind, in order; text payloads are valid UTF-8."""
+
+    __slots__ = ("_wire", "nbytes", "opcode", "payloads")
+
+    def __init__(self, opcode: int, payloads: list[bytes]) -> None:
+        self.opcode = opcode
+        self.payloads = payloads
+        self.nbytes = sum(map(len, payloads)) + 2 * len(payloads)
+        self._wire: bytes | None = None
+
+    def wire(self) -> bytes:
+        """The websocket frames, encoded on first use and shared by every recipient."""
+        if self._wire is None:
+            self._wire = encode_frames(self.opcode, self.payloads)
+        return self._wire
+
+
+@dataclass(frozen=True, slots=True)
+class CloseRequest:
+    code: int
+    reason: str
+    drain: bool  # deliver what is queued first (child exit), or drop it (kick, shutdown)
+
+
+class Client:
+    """A connected websocket as its room sees it."""
+
+    def __init__(self, info: ClientInfo, limit: int, on_unblocked: Callable[[Client], None]) -> None:
+        self.info = info
+        self.limit = limit
+        self.outbox: deque[Batch] = deque()
+        self.queued = 0  # bytes in the outbox
+        self.full = False
+        self.blame = 0.0  # seconds this client's full outbox held its room back while others kept up
+        self.close_request: CloseRequest | None = None
+        self.closed = anyio.Event()  # the writer is done: close sent, or the connection gone
+        self.send_scope: anyio.CancelScope | None = None  # the writer's send in progress
+        self._wakeup = anyio.Event()
+        self._on_unblocked = on_unblocked
+
+    @property
+    def id(self) -> int:
+        return self.info.id
+
+    def push(self, batch: Batch) -> bool:
+        """Queue a batch; True when this push made the outbox full."""
+        if self.close_request is not None and not self.close_request.drain:
+            return False
+        self.outbox.append(batch)
+        self.queued += batch.nbytes
+        self._wakeup.set()
+        if not self.full and self.queued >= self.limit:
+            self.full = True
+            return True
+        return False
+
+    def take(self) -> list[Batch]:
+        """Everything queued, in order; tells the room when the outbox stops being full."""
+        batches = list(self.outbox)
+        self.outbox.clear()
+        self.queued = 0
+        if self.full:
+            self.full = False
+            self.blame = 0.0
+            self._on_unblocked(self)
+        return batches
+
+    async def wait(self) -> None:
+        """Until there is something to send or a close to perform."""
+        if not self.outbox and self.close_request is None:
+            await self._wakeup.wait()
+        self._wakeup = anyio.Event()
+
+    def request_close(self, code: int, reason: str, *, drain: bool) -> None:
+        if self.close_request is None:
+            self.close_request = CloseRequest(code, reason, drain)
+            if not drain:
+                self.outbox.clear()
+                self.queued = 0
+                if self.send_scope is not None:
+                    self.send_scope.cancel()
+            self._wakeup.set()

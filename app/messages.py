@@ -1,0 +1,170 @@
+"""Message paths: what child output becomes for clients, and client messages for the child.
+
+One `OutputDecoder` per room turns chunks of the child's output into `(target, Batch)` deliveries
+(target None = the whole room) for the mode in force — text lines, binary chunks, json routing, or
+gwsocket frames — and `InputEncoder` turns a client's message (or join/leave text) into the bytes
+written to the child. Both only translate: the room delivers, logs and enforces limits.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from app import framing
+from app.clients import BINARY, TEXT, Batch
+from app.settings import FrameMode, Settings
+
+log = logging.getLogger("scalesocket.messages")
+
+Delivery = tuple[int | None, Batch]
+
+
+def valid_text(lines: list[bytes]) -> list[bytes]:
+    """Lines as valid UTF-8: invalid bytes become U+FFFD, with a warning (never dropped)."""
+    for index, line in enumerate(lines):
+        if not line.isascii():
+            try:
+                line.decode()
+            except UnicodeDecodeError:
+                lines[index] = line.decode(errors="replace").encode()
+                log.warning("child output is not valid UTF-8: invalid bytes replaced")
+    return lines
+
+
+def group(deliveries: list[tuple[int | None, int, bytes]]) -> list[Delivery]:
+    """Merge runs of messages with the same target and kind into one batch each, keeping order."""
+    out: list[Delivery] = []
+    run: list[bytes] = []
+    key: tuple[int | None, int] | None = None
+    for target, opcode, payload in deliveries:
+        if (target, opcode) != key:
+            if run and key is not None:
+                out.append((key[0], Batch(key[1], run)))
+            key, run = (target, opcode), []
+        run.append(payload)
+    if run and key is not None:
+        out.append((key[0], Batch(key[1], run)))
+    return out
+
+
+class ProtocolError(Exception):
+    """The child broke gwsocket framing; `deliveries` are the good frames that came before."""
+
+    def __init__(self, message: str, deliveries: list[Delivery]) -> None:
+        super().__init__(message)
+        self.deliveries = deliveries
+
+
+class OutputDecoder:
+    """Child output → deliveries. Raises `ProtocolError` when the child breaks gwsocket framing."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._mode = settings.server_framing
+        self._opcode = BINARY if settings.binary else TEXT
+        self._limit = settings.max_message_size
+        self._lines = framing.LineSplitter(settings.max_message_size)
+        self._frames = framing.FrameDecoder(settings.max_message_size)
+        if self._mode is FrameMode.binary:
+            self.feed = self._feed_frames  # type: ignore[method-assign]
+        elif self._mode is FrameMode.json:
+            self.feed = self._feed_json  # type: ignore[method-assign]
+        elif settings.binary:
+            self.feed = self._feed_chunks  # type: ignore[method-assign]
+
+    def feed(self, data: bytes) -> list[Delivery]:
+        """Text mode: every complete line, broadcast."""
+        return self._broadcast_lines(self._lines.feed(data))
+
+    def close(self) -> list[Delivery]:
+        """Whatever the end of output completes: a final line without newline."""
+        if self._mode is FrameMode.binary or (self._mode is None and self._opcode == BINARY):
+            return []
+        tail = self._lines.close()
+        return self._route_json(tail) if self._mode is FrameMode.json else self._broadcast_lines(tail)
+
+    @property
+    def truncated(self) -> int:
+        """Bytes of an incomplete gwsocket frame left at the end of output."""
+        return self._frames.pending if self._mode is FrameMode.binary else 0
+
+    def _broadcast_lines(self, lines: list[bytes]) -> list[Delivery]:
+        if not lines:
+            return []
+        self._warn_oversized()
+        if self._opcode == TEXT:
+            lines = valid_text(lines)
+        return [(None, Batch(self._opcode, lines))]
+
+    def _feed_chunks(self, data: bytes) -> list[Delivery]:
+        # A pipe read never exceeds a few hundred KiB, far below the message limit.
+        return [(None, Batch(BINARY, [data[i : i + self._limit] for i in range(0, len(data), self._limit)]))]
+
+    def _feed_json(self, data: bytes) -> list[Delivery]:
+        return self._route_json(self._lines.feed(data))
+
+    def _route_json(self, lines: list[bytes]) -> list[Delivery]:
+        if not lines:
+            return []
+        self._warn_oversized()
+        if self._opcode == TEXT:
+            lines = valid_text(lines)
+        route = framing.route
+        return group([(route(line), self._opcode, line) for line in lines])
+
+    def _feed_frames(self, data: bytes) -> list[Delivery]:
+        try:
+            frames = self._frames.feed(data)
+        except framing.FrameTooLarge as error:
+            raise ProtocolError(str(error), self.frames_to_deliveries(error.frames)) from None
+        return self.frames_to_deliveries(frames)
+
+    @staticmethod
+    def frames_to_deliveries(frames: list[framing.Frame]) -> list[Delivery]:
+        out: list[tuple[int | None, int, bytes]] = []
+        for frame in frames:
+            if frame.type == framing.TEXT:
+                out.append((frame.client_id or None, TEXT, valid_text([frame.payload])[0]))
+            elif frame.type == framing.BINARY:
+                out.append((frame.client_id or None, BINARY, frame.payload))
+            else:
+                log.warning("skipping gwsocket frame of unknown type", extra={"type": frame.type})
+        return group(out)
+
+    def _warn_oversized(self) -> None:
+        if self._lines.oversized:
+            log.warning(
+                "child line longer than the message size limit: sent in pieces",
+                extra={"lines": self._lines.oversized, "limit": self._limit},
+            )
+            self._lines.oversized = 0
+
+
+class InputEncoder:
+    """Client message → bytes for the child's input (None: drop it)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._mode = settings.client_framing
+        self._newline = b"" if settings.binary else b"\n"
+
+    def message(self, client_id: int, text: str | None, data: bytes | None) -> bytes | None:
+        if self._mode is FrameMode.json:
+            stamped = framing.stamp_id(text if text is not None else data or b"", client_id)
+            if stamped is None:
+                log.debug("dropping client message that is not a JSON object", extra={"id": client_id})
+                return None
+            return stamped + b"\n"
+        if self._mode is FrameMode.binary:
+            if text is not None:
+                return framing.encode_frame(client_id, framing.TEXT, text.encode())
+            return framing.encode_frame(client_id, framing.BINARY, data or b"")
+        payload = text.encode() if text is not None else data or b""
+        return payload + self._newline
+
+    def notice(self, client_id: int, text: str) -> bytes:
+        """A join or leave message: under gwsocket framing a text frame from that client."""
+        if self._mode is FrameMode.binary:
+            return framing.encode_frame(client_id, framing.TEXT, text.encode())
+        if self._mode is FrameMode.json:
+            # A JSON object is stamped like the client's own messages; anything else goes as written.
+            return (framing.stamp_id(text, client_id) or text.encode()) + b"\n"
+        return text.encode() + self._newline

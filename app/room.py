@@ -1,0 +1,295 @@
+"""Room: one child shared by the clients of one `/<room>` path.
+
+The data path reads top to bottom: the child's output arrives in `_on_output`, is decoded into
+deliveries and pushed into each client's bounded outbox (`_deliver`); while any outbox is full the
+child's output is paused, so the child is slowed through its pipe and nothing is dropped. Client
+messages go the other way through `send_to_child`, which waits while the child's input is full.
+`run` owns the child's whole life: spawn, attach, wait for exit or stop, always reap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import anyio
+
+from app.child import Channel, Child, describe_exit, drain_to, open_pipes
+from app.clients import Batch, Client
+from app.framing import LineSplitter
+from app.messages import Delivery, InputEncoder, OutputDecoder, ProtocolError
+from app.senders import Disconnected, Sender
+from app.settings import Settings
+from app.templates import ClientInfo, Template
+
+if TYPE_CHECKING:
+    from app.rooms import Rooms
+
+log = logging.getLogger("scalesocket.room")
+
+NORMAL, GOING_AWAY, POLICY, INTERNAL_ERROR = 1000, 1001, 1008, 1011
+DISCONNECT_POLL = 1.0  # how often a reader blocked on a full stdin checks that its client is still there
+
+
+async def first(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return as soon as any of `waits` returns; the others are cancelled."""
+    async with anyio.create_task_group() as tg:
+
+        async def one(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            tg.cancel_scope.cancel()
+
+        for wait in waits:
+            tg.start_soon(one, wait)
+
+
+class Room:
+    def __init__(self, name: str, settings: Settings, rooms: Rooms, starter: ClientInfo) -> None:
+        self.name = name
+        self.settings = settings
+        self.clients: dict[int, Client] = {}
+        self.child: Child | None = None
+        self.started_at = 0.0
+        self.messages_in = 0  # client messages written to the child
+        self.messages_out = 0  # messages delivered to clients (counted once per client)
+        self.exit_code: int | None = None  # set when the child exited by itself
+        self._rooms = rooms
+        self._starter = starter  # its CGI values make the child's environment
+        self._channel: Channel | None = None
+        self._decoder = OutputDecoder(settings)
+        self.encoder = InputEncoder(settings)
+        self._joinmsg = Template(settings.joinmsg) if settings.joinmsg is not None else None
+        self._leavemsg = Template(settings.leavemsg) if settings.leavemsg is not None else None
+        self._attached = anyio.Event()
+        self._stop = anyio.Event()
+        self._output_done = anyio.Event()
+        self._blocked = 0  # clients whose outbox is full
+        self._paused = False
+        self._pause_started = anyio.Event()
+
+    # --- clients --------------------------------------------------------------------------------
+
+    def add(self, info: ClientInfo) -> Client:
+        client = Client(info, self.settings.outbox_bytes, self._on_unblocked)
+        self.clients[info.id] = client
+        return client
+
+    def leave(self, client: Client) -> None:
+        """The client is gone: tell the child, and stop it after the last one."""
+        if self.clients.pop(client.id, None) is None:
+            return
+        if client.full:
+            client.full = False
+            self._on_unblocked(client, removed=True)
+        if self._leavemsg is not None and self._channel is not None:
+            # Queued even past the pipe's high-water mark: one message per leaving client stays bounded.
+            self._channel.write(self.encoder.notice(client.id, self._leavemsg.expand(client.info)))
+        if not self.clients:
+            self.request_stop()
+
+    async def joined(self, client: Client, sender: Sender) -> None:
+        if self._joinmsg is not None:
+            await self.send_to_child(self.encoder.notice(client.id, self._joinmsg.expand(client.info)), sender)
+
+    def request_stop(self) -> None:
+        self._rooms.forget(self)  # the next joiner gets a fresh child, never this dying one
+        self._stop.set()
+
+    # --- client -> child ------------------------------------------------------------------------
+
+    async def send_to_child(self, data: bytes, sender: Sender) -> None:
+        """Write to the child, in order; waits (and so stops reading the client) while its input is full."""
+        if not self._attached.is_set():
+            await self._attached.wait()  # messages sent meanwhile wait here, in order
+        channel = self._channel
+        if channel is None or channel.closed:
+            return  # the child is gone; its clients are being closed
+        channel.write(data)
+        self.messages_in += 1
+        while not channel.writable:
+            with anyio.move_on_after(DISCONNECT_POLL):
+                await channel.wait_writable()
+            if sender.disconnected:
+                raise Disconnected
+
+    # --- child -> clients -----------------------------------------------------------------------
+
+    def _on_output(self, data: bytes) -> None:
+        try:
+            deliveries = self._decoder.feed(data)
+        except ProtocolError as error:
+            self._deliver(error.deliveries)
+            self._fail(f"child broke gwsocket framing: {error}")
+            return
+        self._deliver(deliveries)
+
+    def _deliver(self, deliveries: list[Delivery]) -> None:
+        clients = self.clients
+        for target, batch in deliveries:
+            if target is None:
+                for client in clients.values():
+                    if client.push(batch):
+                        self._blocked += 1
+                self.messages_out += len(batch.payloads) * len(clients)
+            elif (recipient := clients.get(target)) is not None:
+                if recipient.push(batch):
+                    self._blocked += 1
+                self.messages_out += len(batch.payloads)
+            else:
+                log.debug("dropping message for a client not in this room", extra={"room": self.name, "id": target})
+        if self._blocked and not self._paused:
+            self._pause()
+
+    def _pause(self) -> None:
+        self._paused = True
+        if self._channel is not None:
+            self._channel.pause_output()
+        self._pause_started.set()
+
+    def _on_unblocked(self, client: Client, removed: bool = False) -> None:
+        if removed or client.id in self.clients:
+            self._blocked -= 1
+        if self._blocked == 0 and self._paused:
+            self._paused = False
+            self._pause_started = anyio.Event()
+            if self._channel is not None:
+                self._channel.resume_output()
+
+    async def _watch_slow_clients(self) -> None:
+        """Close a client whose full outbox holds the room back while another keeps up (SPEC §11)."""
+        timeout = self.settings.slow_client_timeout
+        half = self.settings.outbox_bytes / 2
+        tick = min(0.25, timeout / 10)
+        while True:
+            await self._pause_started.wait()
+            last = anyio.current_time()
+            while self._paused:
+                await anyio.sleep(tick)
+                now = anyio.current_time()
+                elapsed, last = now - last, now
+                keeping_up = [c for c in self.clients.values() if c.queued <= half]
+                for client in [c for c in self.clients.values() if c.full]:
+                    if any(other is not client for other in keeping_up):
+                        client.blame += elapsed
+                        if client.blame >= timeout:
+                            self._kick(client)
+
+    def _kick(self, client: Client) -> None:
+        log.warning(
+            "closing slow client: its full queue held the room back",
+            extra={"room": self.name, "id": client.id, "seconds": round(client.blame, 2)},
+        )
+        self._rooms.slow_clients += 1
+        self.leave(client)
+        client.request_close(POLICY, "client too slow", drain=False)
+
+    def _fail(self, reason: str) -> None:
+        log.error(reason, extra={"room": self.name})
+        for client in list(self.clients.values()):
+            client.request_close(INTERNAL_ERROR, reason[:123], drain=True)
+        self.request_stop()
+
+    # --- the child's life -----------------------------------------------------------------------
+
+    def _environment(self) -> dict[str, str]:
+        env = {name: os.environ[name] for name in self.settings.passenv if name in os.environ}
+        env.update(QUERY_STRING=self._starter.query_string, REMOTE_ADDR=self._starter.remote_addr, ROOM=self.name)
+        return env
+
+    async def _spawn(self) -> Child:
+        stdin_r, stdin_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        stderr_r, stderr_w = os.pipe()
+        try:
+            child = Child.spawn(self.settings.cmd, self.settings.args, self._environment(), stdin_r, stdout_w, stderr_w)
+        except OSError:
+            for fd in (stdin_r, stdin_w, stdout_r, stdout_w, stderr_r, stderr_w):
+                os.close(fd)
+            raise
+        for fd in (stdin_r, stdout_w, stderr_w):
+            os.close(fd)
+        stderr = _StderrLog(self.name, child.pid)
+        self._stderr = await drain_to(stderr_r, stderr, stderr.close)
+        self._channel = await open_pipes(stdin_w, stdout_r, self._on_output, self._output_done.set)
+        return child
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Spawn the child, serve the room until the child exits or the room stops, then reap."""
+        self.started_at = anyio.current_time()
+        try:
+            try:
+                self.child = child = await self._spawn()
+            except OSError as error:
+                task_status.started()
+                self._fail(f"cannot start {self.settings.cmd}: {error.strerror}")
+                return
+            log.info("child started", extra={"room": self.name, "pid": child.pid})
+            self._rooms.child_started(self)
+            task_status.started()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_slow_clients)
+                await self._attach()
+                await first(child.exited.wait, self._stop.wait)
+                if child.returncode is not None and not self._stop.is_set():
+                    await self._exited_by_itself(child)
+                tg.cancel_scope.cancel()
+        except Exception:
+            log.exception("room failed", extra={"room": self.name})
+            self._fail("internal error")
+        finally:
+            self._attached.set()  # nobody may wait to write to a child that is gone
+            with anyio.CancelScope(shield=True):
+                if self.child is not None:
+                    await self.child.stop(self._channel, self.settings.stop_grace)
+                    code = self.child.returncode
+                    log.info("child exited", extra={"room": self.name, "pid": self.child.pid, "code": code})
+                if self._channel is not None:
+                    self._channel.close()
+                self._rooms.room_done(self)
+
+    async def _attach(self) -> None:
+        delay = self.settings.attach_delay
+        if delay > 0:
+            if self._channel is not None:
+                self._channel.pause_output()
+            await anyio.sleep(delay)
+            if self._channel is not None and not self._paused:
+                self._channel.resume_output()
+        self._attached.set()
+
+    async def _exited_by_itself(self, child: Child) -> None:
+        """Deliver everything the child printed, then close its clients with its exit status."""
+        self._rooms.forget(self)
+        assert child.returncode is not None
+        self.exit_code = child.returncode
+        await first(self._output_done.wait, self._stop.wait)
+        self._deliver(self._decoder.close())
+        if self._decoder.truncated:
+            self._fail(f"child output ended inside a gwsocket frame ({self._decoder.truncated} bytes)")
+            return
+        code = NORMAL if child.returncode == 0 else INTERNAL_ERROR
+        for client in list(self.clients.values()):
+            client.request_close(code, describe_exit(child.returncode), drain=True)
+
+
+class _StderrLog:
+    """The child's stderr, line by line, into the server's log (so `--json` covers it too)."""
+
+    def __init__(self, room: str, pid: int) -> None:
+        self._extra = {"room": room, "pid": pid}
+        self._lines = LineSplitter(64 * 1024)
+
+    def __call__(self, data: bytes) -> None:
+        self._log(self._lines.feed(data))
+
+    def close(self) -> None:
+        self._log(self._lines.close())
+
+    def _log(self, lines: list[bytes]) -> None:
+        for line in lines:
+            log.info("child stderr: %s", line.decode(errors="replace"), extra=self._extra)
+
+
+__all__ = ["Batch", "Room"]

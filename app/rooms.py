@@ -1,0 +1,112 @@
+"""Rooms: the registry of live rooms, connection ids, and the server-wide session policy.
+
+Joining is synchronous — look up and insert with no `await` in between — so however connections
+race, one room name never has two children. A room leaves the registry the moment it starts
+dying (last client gone, or child exited), so the next joiner always gets a fresh child. Every
+room's `run` lives in the one task group that `Rooms` is given (the app's lifespan owns it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import anyio
+import anyio.abc
+
+from app.child import shell_status
+from app.clients import Client
+from app.room import GOING_AWAY, Room
+from app.settings import Settings
+from app.templates import ClientInfo
+
+log = logging.getLogger("scalesocket.rooms")
+
+MAX_ID = 2**32 - 1  # connection ids are u32, never 0 (0 means "everyone" under binary framing)
+
+
+class Refused(Exception):
+    """A websocket that may not join: HTTP status for the denial response, and why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Rooms:
+    def __init__(self, tg: anyio.abc.TaskGroup, settings: Settings) -> None:
+        self.settings = settings
+        self.live: dict[str, Room] = {}  # rooms a new client may join
+        self.running: set[Room] = set()  # every room whose run() has not returned, dying ones too
+        self.slow_clients = 0  # clients closed with 1008, server-wide
+        self.finished = anyio.Event()  # --oneshot: the one session is over
+        self.exit_status = 0
+        self.on_room_open: Callable[[Room], None] = lambda room: None
+        self.on_room_closed: Callable[[Room], None] = lambda room: None
+        self._tg = tg
+        self._ids_in_use: set[int] = set()
+        self._last_id = 0
+        self._sessions = 0
+        self._shutting_down = False
+
+    def next_id(self) -> int:
+        """The next free connection id, counting up from 1 and wrapping after 2^32 - 1."""
+        candidate = self._last_id
+        while True:
+            candidate = candidate + 1 if candidate < MAX_ID else 1
+            if candidate not in self._ids_in_use:
+                self._last_id = candidate
+                self._ids_in_use.add(candidate)
+                return candidate
+
+    def release_id(self, client_id: int) -> None:
+        self._ids_in_use.discard(client_id)
+
+    def join(self, name: str, make_info: Callable[[int], ClientInfo]) -> tuple[Room, Client]:
+        """Put a new client into room `name`, starting the room (and its child) if needed."""
+        if self._shutting_down:
+            raise Refused(503, "server shutting down")
+        room = self.live.get(name)
+        if room is None:
+            if self.settings.oneshot and self._sessions:
+                raise Refused(503, "--oneshot: this server has served its one session")
+            info = make_info(self.next_id())
+            room = Room(name, self.settings, self, info)
+            self.live[name] = room
+            self.running.add(room)
+            self._sessions += 1
+            self._tg.start_soon(room.run)
+        elif self.settings.oneshot:
+            raise Refused(503, "--oneshot: this server serves a single client")
+        else:
+            info = make_info(self.next_id())
+        return room, room.add(info)
+
+    def forget(self, room: Room) -> None:
+        if self.live.get(room.name) is room:
+            del self.live[room.name]
+
+    def child_started(self, room: Room) -> None:
+        self.on_room_open(room)
+
+    def room_done(self, room: Room) -> None:
+        self.forget(room)
+        self.running.discard(room)
+        self.on_room_closed(room)
+        if self.settings.oneshot:
+            self.exit_status = shell_status(room.exit_code) if room.exit_code is not None else 0
+            self.finished.set()
+
+    def begin_shutdown(self, code: int = GOING_AWAY, reason: str = "server shutting down") -> None:
+        """Close every client and start stopping every child, all at once."""
+        self._shutting_down = True
+        for room in list(self.running):
+            for client in list(room.clients.values()):
+                client.request_close(code, reason, drain=False)
+            room.request_stop()
+
+    async def wait_clients_closed(self) -> None:
+        for room in list(self.running):
+            for client in list(room.clients.values()):
+                await client.closed.wait()

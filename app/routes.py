@@ -1,0 +1,116 @@
+"""Routes: thin endpoints — the room websocket, /health — over the state that `create_app` builds.
+
+A websocket connection is two tasks in one group: the reader (the only caller of `receive`) carries
+client messages to the room, the writer carries the client's outbox to the socket. Whichever ends
+first ends the other; the client then leaves its room.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TypedDict
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from app.clients import Client
+from app.room import Room
+from app.rooms import Refused, Rooms
+from app.senders import Disconnected, Sender, sender_for
+from app.templates import ClientInfo
+
+log = logging.getLogger("scalesocket.routes")
+
+ROOM_NAME = re.compile(r"[A-Za-z0-9._~-]{1,128}")
+RESERVED = frozenset({"health", "metrics", "api", "static", "stats"})
+
+
+class State(TypedDict):
+    rooms: Rooms
+
+
+def valid_room(name: str) -> bool:
+    return ROOM_NAME.fullmatch(name) is not None and name not in RESERVED
+
+
+def remote_addr(websocket: WebSocket) -> str:
+    if websocket.client is None:
+        return ""
+    host, port = websocket.client.host, websocket.client.port
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def room_socket(websocket: WebSocket) -> None:
+    """ws /{room}: join the room (starting its child if first), then relay both ways."""
+    name = websocket.path_params.get("room", "")
+    if not valid_room(name):
+        await websocket.send_denial_response(PlainTextResponse(f"invalid room name: {name!r}\n", 400))
+        return
+    rooms: Rooms = websocket.state.rooms
+    query = websocket.scope.get("query_string", b"").decode("utf-8", "surrogateescape")
+    addr = remote_addr(websocket)
+    try:
+        room, client = rooms.join(name, lambda id_: ClientInfo(id_, query, addr, name))
+    except Refused as refusal:
+        await websocket.send_denial_response(PlainTextResponse(refusal.reason + "\n", refusal.status))
+        return
+    extra = {"room": name, "id": client.id, "remote": addr}
+    try:
+        await websocket.accept()
+        log.info("client connected", extra=extra)
+        sender = sender_for(websocket)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_write, client, sender)
+            await _read(websocket, room, client, sender)
+            tg.cancel_scope.cancel()
+    finally:
+        room.leave(client)
+        rooms.release_id(client.id)
+        client.closed.set()
+        log.info("client disconnected", extra=extra)
+
+
+async def bad_path(websocket: WebSocket) -> None:
+    """Any other websocket path (several segments, reserved names): refused before the upgrade."""
+    await websocket.send_denial_response(PlainTextResponse("websocket path must be /<room>\n", 400))
+
+
+async def _read(websocket: WebSocket, room: Room, client: Client, sender: Sender) -> None:
+    encode = room.encoder.message
+    try:
+        await room.joined(client, sender)
+        while True:
+            message = await websocket.receive()
+            if message["type"] != "websocket.receive":
+                return  # websocket.disconnect
+            data = encode(client.id, message.get("text"), message.get("bytes"))
+            if data is not None:
+                await room.send_to_child(data, sender)
+    except (Disconnected, WebSocketDisconnect, OSError):
+        return
+
+
+async def _write(client: Client, sender: Sender) -> None:
+    try:
+        while True:
+            await client.wait()
+            batches = client.take()
+            if batches:
+                with anyio.CancelScope() as scope:
+                    client.send_scope = scope  # a close that drops the outbox cancels a stuck send
+                    await sender.send(batches)
+            request = client.close_request
+            if request is not None and not client.outbox:
+                await sender.close(request.code, request.reason)
+                return
+    except (Disconnected, WebSocketDisconnect, OSError, RuntimeError):
+        return
+    finally:
+        client.closed.set()

@@ -1,0 +1,107 @@
+"""Senders: how batches reach one websocket.
+
+`FastSender` writes each batch's shared, pre-encoded frames straight to the connection's
+transport — one write per batch instead of one ASGI `send` per message — when the app runs under
+uvicorn's websockets-sansio protocol, which `capture_protocol` finds. Everything else (other ASGI
+servers, `-vv` message tracing, closes) goes through `AsgiSender`, the plain ASGI path. Both wait
+while the socket's write buffer is full, so a slow client's data stays in its bounded outbox.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import anyio
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from app.clients import TEXT, Batch
+
+_PROTOCOL_KEY = "scalesocket.ws_protocol"
+CLOSE_TIMEOUT = 1.0  # a close to a client that does not read can wait forever: abort instead
+
+
+class Disconnected(Exception):
+    """The peer is gone; nothing more can be sent."""
+
+
+class Sender(Protocol):
+    async def send(self, batches: list[Batch]) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+    @property
+    def disconnected(self) -> bool: ...
+
+
+class AsgiSender:
+    """One ASGI `websocket.send` per message: works under any ASGI server."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+
+    async def send(self, batches: list[Batch]) -> None:
+        send = self._websocket.send
+        for batch in batches:
+            if batch.opcode == TEXT:
+                for payload in batch.payloads:
+                    await send({"type": "websocket.send", "text": payload.decode()})
+            else:
+                for payload in batch.payloads:
+                    await send({"type": "websocket.send", "bytes": payload})
+
+    async def close(self, code: int, reason: str) -> None:
+        with anyio.move_on_after(CLOSE_TIMEOUT):
+            await self._websocket.close(code, reason)
+
+    @property
+    def disconnected(self) -> bool:
+        return False  # ASGI only tells through receive(), which the reader owns
+
+
+class FastSender(AsgiSender):
+    """Writes encoded frames to uvicorn's transport; closes still go through ASGI."""
+
+    def __init__(self, websocket: WebSocket, protocol: Any) -> None:
+        super().__init__(websocket)
+        self._protocol = protocol
+
+    async def send(self, batches: list[Batch]) -> None:
+        protocol = self._protocol
+        if protocol.close_sent or protocol.disconnected:
+            raise Disconnected
+        protocol.transport.writelines([batch.wire() for batch in batches])
+        if not protocol.writable.is_set():
+            await protocol.writable.wait()
+
+    async def close(self, code: int, reason: str) -> None:
+        await super().close(code, reason)
+        if not self._protocol.close_sent:  # the close frame could not even be queued
+            self._protocol.transport.abort()
+
+    @property
+    def disconnected(self) -> bool:
+        return bool(self._protocol.disconnected or self._protocol.transport.is_closing())
+
+
+def sender_for(websocket: WebSocket) -> Sender:
+    protocol = websocket.scope.get(_PROTOCOL_KEY)
+    return FastSender(websocket, protocol) if protocol is not None else AsgiSender(websocket)
+
+
+class CaptureProtocol:
+    """Outermost middleware: remembers uvicorn's websockets-sansio protocol for `FastSender`.
+
+    Starlette's own middleware wraps `send`, so only the outermost layer still sees uvicorn's
+    bound method (and through it the protocol with its transport).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            protocol = getattr(send, "__self__", None)
+            if type(protocol).__name__ == "WebSocketsSansIOProtocol" and hasattr(protocol, "writable"):
+                scope[_PROTOCOL_KEY] = protocol
+        await self.app(scope, receive, send)

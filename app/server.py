@@ -1,0 +1,99 @@
+"""Server: run the app under uvicorn with the settings' address, limits and shutdown order.
+
+uvicorn's own shutdown closes websockets with 1012 and only then runs the lifespan shutdown; here
+clients get 1001 and every child starts stopping the moment the signal arrives, so the server is
+gone within the stop grace period plus a second (SPEC §3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Generator
+
+import anyio
+import uvicorn
+from starlette.applications import Starlette
+
+from app import create_app
+from app.rooms import Rooms
+from app.settings import Settings
+
+log = logging.getLogger("scalesocket")
+
+CLOSE_WAIT = 0.5  # how long shutdown waits for close frames to go out before uvicorn takes over
+
+
+def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws="websockets-sansio",
+        ws_max_size=settings.max_message_size,
+        ws_ping_interval=settings.ping_interval,
+        ws_ping_timeout=settings.ping_timeout,
+        ws_per_message_deflate=False,  # most lines are short; compression costs more CPU than it saves
+        log_config=None,  # logging is ours (app.logs), uvicorn's lines included
+        lifespan="on",
+        timeout_graceful_shutdown=1,
+    )
+
+
+class Server(uvicorn.Server):
+    """uvicorn's Server, closing clients with 1001 and stopping children first, and exiting 0 on a signal."""
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self.app = app
+        app.state.request_exit = self.request_exit
+
+    def request_exit(self) -> None:
+        self.should_exit = True
+
+    @property
+    def rooms(self) -> Rooms | None:
+        return getattr(self.app.state, "rooms", None)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            log.info("listening", extra={"addr": self.config.host + ":" + str(self.config.port)})
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        rooms = self.rooms
+        if rooms is not None:
+            rooms.begin_shutdown()
+            with anyio.move_on_after(CLOSE_WAIT):
+                await rooms.wait_clients_closed()
+        await super().shutdown(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            yield
+            # uvicorn re-raises the signal it caught once serving is over; a clean shutdown exits 0.
+            self._captured_signals.clear()
+
+
+def ensure_std_fds() -> None:
+    """Make sure fds 0-2 are open, so a pipe never lands on them (CI runs us with stdin closed)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)
+
+
+def run(settings: Settings) -> int:
+    """Serve until a signal (or the end of the --oneshot session); the process exit status."""
+    ensure_std_fds()
+    app = create_app(settings)
+    server = Server(uvicorn_config(app, settings), app)
+    server.run()
+    if not server.started:
+        return 1
+    rooms = server.rooms
+    return rooms.exit_status if rooms is not None else 0

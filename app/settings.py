@@ -1,0 +1,150 @@
+"""Settings: every option of the server, typed and validated — the single source of truth.
+
+The CLI builds one from flags, `uvicorn app:asgi` from `SCALESOCKET_*` variables; nothing else
+in the app reads the environment or argv.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class FrameMode(StrEnum):
+    binary = "binary"
+    json = "json"
+
+
+class Settings(BaseSettings):
+    """Everything `create_app` needs; frozen once validated."""
+
+    model_config = SettingsConfigDict(env_prefix="SCALESOCKET_", frozen=True, extra="forbid", validate_by_name=True)
+
+    cmd: str = Field(description="Command to wrap (resolved to a full path at start-up)")
+    args: list[str] = Field(default_factory=list, description="Arguments to command")
+    addr: str = Field("0.0.0.0:9000", description="Interface to bind to")
+    binary: bool = Field(False, description="Set scalesocket to experimental binary mode")
+    frame: FrameMode | None = Field(None, description="Enable framing and routing for all messages")
+    client_frame: FrameMode | None = Field(None, description="Framing for client originated messages")
+    server_frame: FrameMode | None = Field(None, description="Framing for server originated messages")
+    cmd_attach_delay: float | None = Field(None, ge=0, description="Delay before attaching to child [1 for --tcp]")
+    joinmsg: str | None = Field(None, description="Emit message to child on client connect")
+    leavemsg: str | None = Field(None, description="Emit message to child on client disconnect")
+    json_logs: bool = Field(False, validation_alias="scalesocket_json", description="Log JSON")
+    metrics: bool = Field(False, description="Expose OpenMetrics endpoint at /metrics")
+    oneshot: bool = Field(False, description="Serve only once")
+    passenv: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["PATH", "DYLD_LIBRARY_PATH"], description="List of envvars to pass to child"
+    )
+    staticdir: Path | None = Field(None, description="Serve static files from directory over HTTP")
+    stats: bool = Field(False, description="Expose stats endpoint at /<ROOM>/stats")
+    tcp: bool = Field(False, description="Connect to child using TCP instead of stdio")
+    tcpports: Annotated[tuple[int, int], NoDecode] = Field((9001, 9999), description="Port range for TCP")
+    verbose: int = Field(0, ge=0, description="Verbosity: 1 debug, 2 everything")
+
+    # Tunables without a flag of their own (settable through SCALESOCKET_<NAME>).
+    max_message_size: int = Field(16 * MiB, ge=1024, description="Largest message in either direction, bytes")
+    outbox_bytes: int = Field(1 * MiB, ge=1024, description="Bound of each client's outgoing queue, bytes")
+    slow_client_timeout: float = Field(5.0, gt=0, description="Blame a full client may accrue before 1008")
+    stop_grace: float = Field(5.0, ge=0, description="Seconds between SIGTERM and SIGKILL when stopping a child")
+    tcp_connect_timeout: float = Field(10.0, gt=0, description="How long to retry connecting to a --tcp child")
+    ping_interval: float = Field(20.0, gt=0, description="Websocket keepalive ping interval, seconds")
+    ping_timeout: float = Field(20.0, gt=0, description="Websocket keepalive pong timeout, seconds")
+
+    @field_validator("cmd")
+    @classmethod
+    def _resolve_cmd(cls, cmd: str) -> str:
+        # Resolved with the server's PATH: with --passenv= the child has no PATH to look it up.
+        found = shutil.which(cmd)
+        if found is None or os.path.isdir(found):
+            raise ValueError(f"{cmd!r} not found or not executable")
+        return os.path.abspath(found)
+
+    @field_validator("addr")
+    @classmethod
+    def _check_addr(cls, addr: str) -> str:
+        split_addr(addr)
+        return addr
+
+    @field_validator("passenv", mode="before")
+    @classmethod
+    def _split_passenv(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [name for name in (part.strip() for part in value.split(",")) if name]
+        return value
+
+    @field_validator("tcpports", mode="before")
+    @classmethod
+    def _parse_tcpports(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            start, sep, end = value.partition(":")
+            if not sep or not start.strip().isdigit() or not end.strip().isdigit():
+                raise ValueError(f"expected START:END, got {value!r}")
+            return (int(start), int(end))
+        return value
+
+    @field_validator("tcpports")
+    @classmethod
+    def _check_tcpports(cls, ports: tuple[int, int]) -> tuple[int, int]:
+        start, end = ports
+        if not (1 <= start < end <= 65536):
+            raise ValueError(f"need 1 <= START < END <= 65536 (END exclusive), got {start}:{end}")
+        return ports
+
+    @field_validator("staticdir")
+    @classmethod
+    def _check_staticdir(cls, staticdir: Path | None) -> Path | None:
+        if staticdir is not None and not staticdir.is_dir():
+            raise ValueError(f"{str(staticdir)!r} is not a directory")
+        return staticdir.resolve() if staticdir is not None else None
+
+    @model_validator(mode="after")
+    def _check_frames(self) -> Self:
+        if self.frame is not None and (self.client_frame is not None or self.server_frame is not None):
+            raise ValueError("--frame cannot be combined with --client-frame or --server-frame")
+        return self
+
+    @property
+    def host(self) -> str:
+        return split_addr(self.addr)[0]
+
+    @property
+    def port(self) -> int:
+        return split_addr(self.addr)[1]
+
+    @property
+    def client_framing(self) -> FrameMode | None:
+        return self.frame or self.client_frame
+
+    @property
+    def server_framing(self) -> FrameMode | None:
+        return self.frame or self.server_frame
+
+    @property
+    def attach_delay(self) -> float:
+        if self.cmd_attach_delay is not None:
+            return self.cmd_attach_delay
+        return 1.0 if self.tcp else 0.0
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """`0.0.0.0:9000` or `[::1]:9000` -> (host, port); ValueError otherwise."""
+    host, sep, port = addr.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if not sep or ip is None or not port.isdigit() or int(port) > 65535 or (ip.version == 6) != bracketed:
+        raise ValueError(f"expected IP:PORT such as 0.0.0.0:9000 or [::1]:9000, got {addr!r}")
+    return host, int(port)

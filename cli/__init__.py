@@ -1,0 +1,1 @@
+"""The `scalesocket` command: flags → `Settings` → `app.server.run`."""

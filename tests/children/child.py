@@ -1,0 +1,106 @@
+"""A test child with modes, as in websocketd's testcmd: `child.py MODE [ARGS...]`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+
+def out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def main() -> int:
+    mode, args = sys.argv[1], sys.argv[2:]
+    if mode == "echo":  # print "ready <pid>", then echo every line
+        out(f"ready {os.getpid()}")
+        for line in sys.stdin:
+            out(line.rstrip("\n"))
+        return 0
+    if mode == "env":  # print the environment as one JSON line, then echo
+        out(json.dumps(dict(os.environ)))
+        for line in sys.stdin:
+            out(line.rstrip("\n"))
+        return 0
+    if mode == "pid":  # answer every line with "<pid> <line>"
+        for line in sys.stdin:
+            out(f"{os.getpid()} {line.rstrip()}")
+        return 0
+    if mode == "record":  # append every input line to the file ARGS[0], echo it too
+        with open(args[0], "a") as record:
+            record.write(f"start {os.getpid()}\n")
+            record.flush()
+            for line in sys.stdin:
+                record.write(line)
+                record.flush()
+                out(line.rstrip("\n"))
+            record.write("eof\n")
+        return 0
+    if mode == "exit":  # print ARGS[1:] lines, the last without newline, then exit with ARGS[0]
+        lines = args[1:]
+        for line in lines[:-1]:
+            out(line)
+        if lines:
+            sys.stdout.write(lines[-1])
+            sys.stdout.flush()
+        return int(args[0])
+    if mode == "wait-exit":  # echo until the line "exit N", then exit N
+        out("ready")
+        for line in sys.stdin:
+            if line.startswith("exit "):
+                return int(line.split()[1])
+            out(line.rstrip("\n"))
+        return 0
+    if mode == "ignore-term":  # ignore SIGTERM and stdin EOF; print pid
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        out(f"ready {os.getpid()}")
+        while True:
+            time.sleep(60)
+    if mode == "grandchild":  # start a grandchild that ignores SIGTERM, print both pids, echo
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            while True:
+                time.sleep(60)
+        out(f"ready {os.getpid()} {pid}")
+        for line in sys.stdin:
+            out(line.rstrip("\n"))
+        return 0
+    if mode == "bytes":  # write ARGS[0] (hex) to stdout raw, then echo stdin raw as hex lines
+        sys.stdout.buffer.write(bytes.fromhex(args[0]))
+        sys.stdout.flush()
+        while chunk := os.read(0, 65536):
+            out(chunk.hex())
+        return 0
+    if mode == "big":  # print one line of ARGS[0] bytes ('x' * n), then echo
+        out("x" * int(args[0]))
+        for line in sys.stdin:
+            out(line.rstrip("\n"))
+        return 0
+    if mode == "go-seq":  # wait for one line, then print 1..ARGS[0]
+        sys.stdin.readline()
+        for i in range(1, int(args[0]) + 1):
+            sys.stdout.write(f"{i}\n")
+        sys.stdout.flush()
+        sys.stdin.read()
+        return 0
+    if mode == "no-read":  # never read stdin; print ready, then sleep
+        out(f"ready {os.getpid()}")
+        while True:
+            time.sleep(60)
+    if mode == "stderr":  # print ARGS[0] to stderr, then echo
+        sys.stderr.write(args[0] + "\n")
+        sys.stderr.flush()
+        out("ready")
+        for line in sys.stdin:
+            out(line.rstrip("\n"))
+        return 0
+    raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

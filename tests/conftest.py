@@ -1,0 +1,128 @@
+"""Fixtures: a real uvicorn server on a free loopback port, real children, real websocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from app import create_app
+from app.server import Server, uvicorn_config
+from app.settings import Settings
+
+CHILD = str(Path(__file__).parent / "children" / "child.py")
+# Every timing of the suite is a multiple of this unit, so a slow machine can stretch them all at once.
+UNIT = float(os.environ.get("SCALESOCKET_TEST_UNIT", "1.0"))
+TIMEOUT = 10 * UNIT  # for any single wait
+
+
+def child_settings(mode: str, *args: str, **overrides: Any) -> Settings:
+    """Settings that wrap tests/children/child.py in MODE, with test-friendly timings."""
+    values: dict[str, Any] = {
+        "cmd": sys.executable,
+        "args": ["-u", CHILD, mode, *args],
+        "addr": "127.0.0.1:0",
+        "stop_grace": 1.0 * UNIT,
+        "slow_client_timeout": 1.0 * UNIT,
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+class Running:
+    def __init__(self, server: Server, port: int) -> None:
+        self.server = server
+        self.port = port
+        self.url = f"ws://127.0.0.1:{port}"
+        self.http = f"http://127.0.0.1:{port}"
+
+    @property
+    def rooms(self) -> Any:
+        return self.server.app.state.rooms
+
+    def connect(self, path: str, **kwargs: Any) -> connect:
+        kwargs.setdefault("open_timeout", TIMEOUT)
+        kwargs.setdefault("max_size", None)
+        return connect(self.url + path, **kwargs)
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[Running]:
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_app(settings)
+    server = Server(uvicorn_config(app, settings), app)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        with anyio.fail_after(TIMEOUT):
+            while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
+                await anyio.sleep(0.01)
+        try:
+            yield Running(server, port)
+        finally:
+            server.should_exit = True
+    sock.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+Serve = Callable[[Settings], AbstractAsyncContextManager[Running]]
+
+
+@pytest.fixture
+def server() -> Serve:
+    return serve
+
+
+async def recv(ws: ClientConnection, within: float = TIMEOUT) -> str | bytes:
+    with anyio.fail_after(within):
+        return await ws.recv()
+
+
+async def recv_text(ws: ClientConnection, within: float = TIMEOUT) -> str:
+    message = await recv(ws, within)
+    assert isinstance(message, str), message
+    return message
+
+
+async def wait_gone(pid: int, within: float = TIMEOUT) -> None:
+    """Wait until process `pid` has exited (and, for our own children, been reaped)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        loop.add_reader(fd, ready.set)
+        try:
+            with anyio.fail_after(within):
+                await ready.wait()
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0): look at its state.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
