@@ -9,6 +9,7 @@ while the socket's write buffer is full, so a slow client's data stays in its bo
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 import anyio
@@ -18,7 +19,8 @@ from starlette.websockets import WebSocket
 from app.clients import TEXT, Batch
 
 _PROTOCOL_KEY = "scalesocket.ws_protocol"
-CLOSE_TIMEOUT = 1.0  # a close to a client that does not read can wait forever: abort instead
+CLOSE_TIMEOUT = 1.0  # an ASGI close to a client that does not read can wait forever: give up
+CLOSE_DRAIN = 10.0  # as uvicorn's close timeout: time for the peer to read up to our close frame
 
 
 class Disconnected(Exception):
@@ -75,9 +77,24 @@ class FastSender(AsgiSender):
             await protocol.writable.wait()
 
     async def close(self, code: int, reason: str) -> None:
-        await super().close(code, reason)
-        if not self._protocol.close_sent:  # the close frame could not even be queued
-            self._protocol.transport.abort()
+        """Queue the close frame behind what is buffered, without waiting for room in the buffer.
+
+        A client closed for being slow has a full buffer: ASGI's close would wait for it to drain.
+        Queued this way the client still sees the code once it reads on; if it has not completed
+        the closing handshake after CLOSE_DRAIN seconds the connection is aborted.
+        """
+        protocol = self._protocol
+        if protocol.close_sent or protocol.disconnected or protocol.transport.is_closing():
+            return
+        protocol.conn.send_close(code, reason)
+        protocol.transport.write(b"".join(protocol.conn.data_to_send()))
+        protocol.close_sent = True
+        protocol.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        if protocol.read_paused:  # read on, so the peer's closing frame is seen
+            protocol.read_paused = False
+            protocol.transport.resume_reading()
+        # uvicorn's own close timer, with abort: a peer that never reads cannot hold the buffer forever.
+        protocol.close_timer = asyncio.get_running_loop().call_later(CLOSE_DRAIN, protocol.transport.abort)
 
     @property
     def disconnected(self) -> bool:
