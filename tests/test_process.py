@@ -36,11 +36,23 @@ class Proc:
         self.port = port
         self.url = f"ws://127.0.0.1:{port}"
         self.stderr = b""
+        self.stderr_closed = anyio.Event()
+        self._grew = anyio.Event()
 
     async def read_stderr(self) -> None:
         assert self.process.stderr is not None
         async for chunk in self.process.stderr:
             self.stderr += chunk
+            self._grew.set()
+            self._grew = anyio.Event()
+        self.stderr_closed.set()
+        self._grew.set()
+
+    async def wait_stderr(self, needle: bytes) -> None:
+        with anyio.fail_after(TIMEOUT):
+            while needle not in self.stderr and not self.stderr_closed.is_set():
+                await self._grew.wait()
+        assert needle in self.stderr, self.stderr.decode()
 
     async def wait_exit(self, within: float = TIMEOUT) -> int:
         with anyio.fail_after(within):
@@ -155,9 +167,8 @@ async def test_json_logs_carry_the_events() -> None:
         await wait_gone(pid)
         proc.process.send_signal(signal.SIGTERM)
         await proc.wait_exit()
-    with anyio.fail_after(TIMEOUT):
-        while proc.process.stderr is not None and not proc.stderr.endswith(b"\n"):
-            await anyio.sleep(0.01)
+        with anyio.fail_after(TIMEOUT):
+            await proc.stderr_closed.wait()
     entries = [json.loads(line) for line in proc.stderr.decode().splitlines()]
     assert all({"level", "message"} <= entry.keys() for entry in entries)
     by_message = {entry["message"]: entry for entry in entries}
@@ -172,19 +183,14 @@ async def test_child_stderr_reaches_server_stderr() -> None:
     async with run(scalesocket(mode="stderr", args=("oops from the child",))) as proc:
         async with connect(proc.url + "/r") as ws:
             assert await recv(ws) == "ready"
-            with anyio.fail_after(TIMEOUT):
-                while b"oops from the child" not in proc.stderr:
-                    await anyio.sleep(0.02)
-    assert b"oops from the child" in proc.stderr
+            await proc.wait_stderr(b"oops from the child")
 
 
 async def test_verbose_logs_debug() -> None:
     async with run(scalesocket("-v", "--frame=json")) as proc, connect(proc.url + "/r") as ws:
         await recv(ws)
         await ws.send("not json")
-        with anyio.fail_after(TIMEOUT):
-            while b"not a JSON object" not in proc.stderr:
-                await anyio.sleep(0.02)
+        await proc.wait_stderr(b"not a JSON object")
 
 
 async def test_uvicorn_app_asgi_reads_environment() -> None:
