@@ -99,6 +99,11 @@ def main() -> int:
         for line in sys.stdin:
             out(line.rstrip("\n"))
         return 0
+    if mode == "json-say":  # json framing: print a message's "say" verbatim, else echo the stamped object
+        for line in sys.stdin:
+            message = json.loads(line)
+            out(message["say"] if "say" in message else json.dumps(message, separators=(",", ":")))
+        return 0
     raise SystemExit(f"unknown mode {mode}")
 
 
