@@ -51,6 +51,6 @@ async def test_plain_get_on_room_path_is_404(server: Serve) -> None:
 
 async def test_room_names_are_case_sensitive_and_dots_allowed(server: Serve) -> None:
     async with server(child_settings("echo")) as s, s.connect("/Room.1") as a, s.connect("/room.1") as b:
-        pid_a = (await recv(a)).split()[1]  # type: ignore[union-attr]
-        pid_b = (await recv(b)).split()[1]  # type: ignore[union-attr]
+        pid_a = (await recv(a)).split()[1]
+        pid_b = (await recv(b)).split()[1]
         assert pid_a != pid_b

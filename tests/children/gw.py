@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import sys
 import time
@@ -22,7 +23,7 @@ def write(data: bytes) -> None:
 def read_exact(n: int) -> bytes | None:
     data = b""
     while len(data) < n:
-        chunk = sys.stdin.buffer.read1(n - len(data))
+        chunk = os.read(0, n - len(data))
         if not chunk:
             return None
         data += chunk
