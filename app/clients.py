@@ -80,6 +80,8 @@ class Client:
         self.close_request: CloseRequest | None = None
         self.closed = anyio.Event()  # the writer is done: close sent, or the connection gone
         self.send_scope: anyio.CancelScope | None = None  # the writer's send in progress
+        # Writes a batch to the socket at once if it can take it now (see FastSender.try_write).
+        self.direct: Callable[[Batch], bool] | None = None
         self._wakeup = anyio.Event()
         self._on_unblocked = on_unblocked
 
@@ -90,6 +92,9 @@ class Client:
     def push(self, batch: Batch) -> bool:
         """Queue a batch; True when this push made the outbox full."""
         if self.close_request is not None and not self.close_request.drain:
+            return False
+        # Nothing queued and the socket has room: write now, with no task switch (the common case).
+        if not self.outbox and self.direct is not None and self.direct(batch):
             return False
         self.outbox.append(batch)
         self.queued += batch.nbytes

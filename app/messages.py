@@ -64,6 +64,7 @@ class OutputDecoder:
         self._limit = settings.max_message_size
         self._lines = framing.LineSplitter(settings.max_message_size)
         self._frames = framing.FrameDecoder(settings.max_message_size)
+        self._tail_ascii = True  # the unterminated line so far is ASCII
         if self._mode is FrameMode.binary:
             self.feed = self._feed_frames  # type: ignore[method-assign]
         elif self._mode is FrameMode.json:
@@ -73,7 +74,16 @@ class OutputDecoder:
 
     def feed(self, data: bytes) -> list[Delivery]:
         """Text mode: every complete line, broadcast."""
-        return self._broadcast_lines(self._lines.feed(data))
+        lines = self._lines.feed(data)
+        ascii_chunk = data.isascii()
+        # The lines are all ASCII only if this chunk is and the line it finished began in ASCII too.
+        clean = ascii_chunk and self._tail_ascii
+        self._tail_ascii = ascii_chunk if b"\n" in data else clean
+        if not lines:
+            return []
+        if clean and not self._lines.oversized:
+            return [(None, Batch(TEXT, lines))]  # the common case: no line needs a UTF-8 check
+        return self._broadcast_lines(lines)
 
     def close(self) -> list[Delivery]:
         """Whatever the end of output completes: a final line without newline."""

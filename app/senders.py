@@ -28,6 +28,8 @@ class Disconnected(Exception):
 
 
 class Sender(Protocol):
+    def try_write(self, batch: Batch) -> bool: ...
+
     async def send(self, batches: list[Batch]) -> None: ...
 
     async def close(self, code: int, reason: str) -> None: ...
@@ -41,6 +43,9 @@ class AsgiSender:
 
     def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
+
+    def try_write(self, batch: Batch) -> bool:
+        return False  # ASGI sends are awaited: always through the writer task
 
     async def send(self, batches: list[Batch]) -> None:
         send = self._websocket.send
@@ -67,6 +72,14 @@ class FastSender(AsgiSender):
     def __init__(self, websocket: WebSocket, protocol: Any) -> None:
         super().__init__(websocket)
         self._protocol = protocol
+
+    def try_write(self, batch: Batch) -> bool:
+        """Write now if the socket's buffer has room; False leaves the batch to the outbox and writer."""
+        protocol = self._protocol
+        if protocol.close_sent or protocol.disconnected or not protocol.writable.is_set():
+            return False
+        protocol.transport.write(batch.wire())
+        return True
 
     async def send(self, batches: list[Batch]) -> None:
         protocol = self._protocol

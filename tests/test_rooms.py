@@ -242,3 +242,13 @@ async def test_no_zombies_left(server: Serve) -> None:
             await wait_gone(pid)
     for pid in pids:
         assert not alive(pid)  # reaped, not a zombie
+
+
+async def test_invalid_utf8_split_across_reads_is_still_replaced(server: Serve) -> None:
+    # The first write ends inside a line holding an invalid byte; the second write is pure ASCII.
+    script = (
+        "import sys,time; o=sys.stdout.buffer; o.write(b'bad \\xff'); o.flush(); time.sleep(0.2); o.write(b' end\\n')"
+    )
+    settings = child_settings("unused").model_copy(update={"args": ["-c", script]})
+    async with server(settings) as s, s.connect("/r") as ws:
+        assert await recv(ws) == "bad \ufffd end"
