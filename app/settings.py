@@ -136,19 +136,6 @@ class Settings(BaseSettings):
         return 1.0 if self.tcp else 0.0
 
 
-class _ValuesOnly(Settings):
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: Any, *sources: Any, **other_sources: Any
-    ) -> tuple[Any, ...]:
-        return (init_settings,)  # the init values alone: no environment, no dotenv, no secrets
-
-
-def settings_from_values(values: dict[str, Any]) -> Settings:
-    """Settings from explicit values only (the CLI's flags), ignoring `SCALESOCKET_*` variables."""
-    return _ValuesOnly(**values)
-
-
 def split_addr(addr: str) -> tuple[str, int]:
     """`0.0.0.0:9000` or `[::1]:9000` -> (host, port); ValueError otherwise."""
     host, sep, port = addr.rpartition(":")

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from app import __version__
-from app.settings import Settings, settings_from_values
+from app.settings import Settings
 
 FLAGS = {  # Settings field -> the flag a user typed
     "cmd": "CMD",
@@ -129,7 +129,7 @@ def to_settings(argv: Sequence[str]) -> Settings:
     values: dict[str, Any] = {k: v for k, v in vars(namespace).items() if v is not None}
     values["args"] = args
     try:
-        return settings_from_values(values)  # flags only: the CLI does not read SCALESOCKET_* variables
+        return Settings(**values)  # flags win; SCALESOCKET_* variables fill in what no flag gave
     except ValidationError as error:
         problem = error.errors()[0]
         where = FLAGS.get(str(problem["loc"][0]), str(problem["loc"][0])) if problem["loc"] else ""

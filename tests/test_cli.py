@@ -69,9 +69,12 @@ def test_flags_and_defaults() -> None:
     assert to_settings(["--addr", "[::1]:9000", "cat"]).host == "::1"
 
 
-def test_cli_ignores_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_flags_win_over_environment_which_fills_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCALESOCKET_ADDR", "1.2.3.4:5")
-    assert to_settings(["cat"]).addr == "0.0.0.0:9000"
+    monkeypatch.setenv("SCALESOCKET_STOP_GRACE", "2.5")
+    assert to_settings(["--addr", "127.0.0.1:80", "cat"]).addr == "127.0.0.1:80"
+    s = to_settings(["cat"])
+    assert (s.addr, s.stop_grace) == ("1.2.3.4:5", 2.5)
 
 
 @pytest.mark.parametrize(

@@ -224,3 +224,14 @@ def test_bad_cli_value_exits_2_before_binding() -> None:
     )
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "--tcpports" in result.stderr
+
+
+async def test_shutdown_kills_a_child_that_ignores_sigterm_within_grace_plus_one() -> None:
+    env = dict(os.environ, SCALESOCKET_STOP_GRACE="1")
+    async with run(scalesocket(mode="ignore-term"), env=env) as proc, connect(proc.url + "/r") as ws:
+        pid = int((await recv_text(ws)).split()[1])
+        started = anyio.current_time()
+        proc.process.send_signal(signal.SIGTERM)
+        assert await proc.wait_exit() == 0
+        assert anyio.current_time() - started < 1 + 1
+        await wait_gone(pid)
