@@ -1,10 +1,12 @@
 """Child: spawn one wrapped program, carry bytes to and from it, and stop it for sure.
 
-Knows nothing of websockets or rooms. Output arrives by callback (`on_data`/`on_eof`), so the
-owner decides what a chunk means; `pause_output` is the backpressure lever (a paused pipe fills
-and slows the child, as under websocketd). Spawning goes through `os.posix_spawn` (vfork: the
-server's memory is never copied, and it works the same under uvloop), and the exit is watched
-through a pidfd, which fires even while a grandchild still holds stdout open.
+Knows nothing of websockets or rooms. The message path to a child is a `Channel`: its stdio
+pipes, or in TCP mode one socket (`SocketProtocol`; app.tcp connects it). Output arrives by
+callback (`on_data`/`on_eof`), so the owner decides what a chunk means; `pause_output` is the
+backpressure lever (a paused pipe or socket fills and slows the child, as under websocketd).
+Spawning goes through `os.posix_spawn` (vfork: the server's memory is never copied, and it works
+the same under uvloop), and the exit is watched through a pidfd, which fires even while a
+grandchild still holds stdout open.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ STDIN_GRACE = 0.1
 
 
 class _Reader(asyncio.Protocol):
-    """Read side of a pipe or socket: forwards chunks and one end-of-stream."""
+    """Read side of a pipe (or, inside `SocketProtocol`, a socket): forwards chunks and one end-of-stream."""
 
     def __init__(self, on_data: Callable[[bytes], None], on_eof: Callable[[], None]) -> None:
         self._on_data = on_data
@@ -72,16 +74,52 @@ class _Writer(asyncio.Protocol):
         self.writable.set()  # nobody may wait forever on a pipe that is gone
 
 
+class SocketProtocol(_Writer):
+    """Both directions on one socket transport: writes with flow control, reads forwarded as `_Reader` does."""
+
+    def __init__(self, on_data: Callable[[bytes], None], on_eof: Callable[[], None]) -> None:
+        super().__init__()
+        self._output = _Reader(on_data, on_eof)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._output.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._output.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._output.eof_received()  # the child closed its side: close ours too, as at its exit
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._output.connection_lost(exc)
+
+    def channel(self) -> Channel:
+        """The connected socket as a `Channel` (after `connection_made`)."""
+        return Channel(self, self._output, half_close=True)
+
+    def discard(self) -> None:
+        """Drop a connection that turned out not to be the child's, without reporting its end."""
+        self._output._on_eof = None
+        if self.transport is not None:
+            self.transport.abort()
+
+
 class Channel:
     """The message path to a child: its stdio pipes, or a TCP connection to it."""
 
-    def __init__(self, writer: _Writer, reader: _Reader) -> None:
+    def __init__(self, writer: _Writer, reader: _Reader, *, half_close: bool = False) -> None:
         self._writer = writer
         self._reader = reader
+        # A socket carries both directions: closing our input must only shut its write side, so the
+        # child still gets to answer (e.g. the leave message) after it sees EOF.
+        self._half_close = half_close
+        self._input_closed = False
 
     @property
     def closed(self) -> bool:
-        return self._writer.closed
+        return self._writer.closed or self._input_closed
 
     @property
     def writable(self) -> bool:
@@ -89,15 +127,21 @@ class Channel:
 
     def write(self, data: bytes) -> None:
         """Queue bytes for the child; never blocks (the caller bounds what it queues)."""
-        if not self._writer.closed and self._writer.transport is not None:
+        if not self.closed and self._writer.transport is not None:
             self._writer.transport.write(data)
 
     async def wait_writable(self) -> None:
         await self._writer.writable.wait()
 
     def close_input(self) -> None:
-        if self._writer.transport is not None:
-            self._writer.transport.close()  # flushes what is queued, then EOF
+        transport = self._writer.transport
+        if transport is None or self._input_closed or transport.is_closing():
+            return
+        self._input_closed = True
+        if self._half_close:
+            transport.write_eof()  # flushes what is queued, then FIN; reading goes on
+        else:
+            transport.close()  # flushes what is queued, then EOF
 
     def pause_output(self) -> None:
         if self._reader.transport is not None and not self._reader.transport.is_closing():

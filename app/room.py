@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ from app.framing import LineSplitter
 from app.messages import Delivery, InputEncoder, OutputDecoder, ProtocolError
 from app.senders import Disconnected, Sender
 from app.settings import Settings
+from app.tcp import connect_channel
 from app.templates import ClientInfo, Template
 
 if TYPE_CHECKING:
@@ -46,14 +48,21 @@ async def first(*waits: Callable[[], Awaitable[object]]) -> None:
 
 
 class Room:
-    def __init__(self, name: str, settings: Settings, rooms: Rooms, starter: ClientInfo) -> None:
+    def __init__(
+        self, name: str, settings: Settings, rooms: Rooms, starter: ClientInfo, port: int | None = None
+    ) -> None:
         self.name = name
         self.settings = settings
+        self.port = port  # --tcp: lent by Rooms, returned when run() is done
         self.clients: dict[int, Client] = {}
         self.child: Child | None = None
         self.started_at = 0.0
+        self.started = time.time()  # wall clock, for /<room>/stats and the metrics' `_created`
+        self.joins = 0  # clients that ever joined (the connections_total metric)
         self.messages_in = 0  # client messages written to the child
         self.messages_out = 0  # messages delivered to clients (counted once per client)
+        self.bytes_in = 0  # bytes written to the child's input, framing and newlines included
+        self.bytes_out = 0  # message payload bytes delivered to clients (counted once per client)
         self.exit_code: int | None = None  # set when the child exited by itself
         self._rooms = rooms
         self._starter = starter  # its CGI values make the child's environment
@@ -74,6 +83,7 @@ class Room:
     def add(self, info: ClientInfo) -> Client:
         client = Client(info, self.settings.outbox_bytes, self._on_unblocked)
         self.clients[info.id] = client
+        self.joins += 1
         return client
 
     def leave(self, client: Client) -> None:
@@ -93,6 +103,12 @@ class Room:
         if self._joinmsg is not None:
             await self.send_to_child(self.encoder.notice(client.id, self._joinmsg.expand(client.info)), sender)
 
+    def refuse(self, code: int, reason: str) -> None:
+        """Close the clients of a room that will never run (no free --tcp port): `run` is not called."""
+        self._attached.set()  # there is no child: a join message or an early client message returns at once
+        for client in self.clients.values():
+            client.request_close(code, reason, drain=False)
+
     def request_stop(self) -> None:
         self._rooms.forget(self)  # the next joiner gets a fresh child, never this dying one
         self._stop.set()
@@ -108,6 +124,7 @@ class Room:
             return  # the child is gone; its clients are being closed
         channel.write(data)
         self.messages_in += 1
+        self.bytes_in += len(data)
         while not channel.writable:
             with anyio.move_on_after(DISCONNECT_POLL):
                 await channel.wait_writable()
@@ -133,10 +150,12 @@ class Room:
                     if client.push(batch):
                         self._blocked += 1
                 self.messages_out += len(batch.payloads) * len(clients)
+                self.bytes_out += _payload_bytes(batch) * len(clients)
             elif (recipient := clients.get(target)) is not None:
                 if recipient.push(batch):
                     self._blocked += 1
                 self.messages_out += len(batch.payloads)
+                self.bytes_out += _payload_bytes(batch)
             else:
                 log.debug("dropping message for a client not in this room", extra={"room": self.name, "id": target})
         if self._blocked and not self._paused:
@@ -196,23 +215,32 @@ class Room:
     def _environment(self) -> dict[str, str]:
         env = {name: os.environ[name] for name in self.settings.passenv if name in os.environ}
         env.update(QUERY_STRING=self._starter.query_string, REMOTE_ADDR=self._starter.remote_addr, ROOM=self.name)
+        if self.port is not None:
+            env["PORT"] = str(self.port)
         return env
 
     async def _spawn(self) -> Child:
-        stdin_r, stdin_w = os.pipe()
+        tcp = self.settings.tcp
+        # With --tcp the socket is the message path: stdin is /dev/null, and stdout is only logged.
+        stdin_r, stdin_w = (os.open(os.devnull, os.O_RDONLY), -1) if tcp else os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
         try:
             child = Child.spawn(self.settings.cmd, self.settings.args, self._environment(), stdin_r, stdout_w, stderr_w)
         except OSError:
             for fd in (stdin_r, stdin_w, stdout_r, stdout_w, stderr_r, stderr_w):
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
             raise
         for fd in (stdin_r, stdout_w, stderr_w):
             os.close(fd)
         stderr = _StderrLog(self.name, child.pid)
         self._stderr = await drain_to(stderr_r, stderr, stderr.close)
-        self._channel = await open_pipes(stdin_w, stdout_r, self._on_output, self._output_done.set)
+        if tcp:
+            stdout = _StderrLog(self.name, child.pid, "stdout")
+            self._stdout = await drain_to(stdout_r, stdout, stdout.close)  # always drained: never a full pipe
+        else:
+            self._channel = await open_pipes(stdin_w, stdout_r, self._on_output, self._output_done.set)
         return child
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -231,7 +259,7 @@ class Room:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_slow_clients)
                 await self._attach()
-                await first(child.exited.wait, self._stop.wait)
+                await first(child.exited.wait, self._stop.wait, self._hung_up)
                 if child.returncode is not None and not self._stop.is_set():
                     await self._exited_by_itself(child)
                 tg.cancel_scope.cancel()
@@ -251,13 +279,45 @@ class Room:
 
     async def _attach(self) -> None:
         delay = self.settings.attach_delay
-        if delay > 0:
+        if self.settings.tcp:
+            await self._connect()
+        elif delay > 0:
             if self._channel is not None:
                 self._channel.pause_output()
             await anyio.sleep(delay)
             if self._channel is not None and not self._paused:
                 self._channel.resume_output()
         self._attached.set()
+
+    async def _connect(self) -> None:
+        """--tcp: after the attach delay, connect to the child's port; give up if it exits or the room stops."""
+        assert self.child is not None and self.port is not None
+        port = self.port
+
+        async def connect() -> None:
+            await anyio.sleep(self.settings.attach_delay)
+            timeout = self.settings.tcp_connect_timeout
+            with anyio.move_on_after(timeout):
+                self._channel = await connect_channel(port, self._on_output, self._output_done.set)
+            if self._channel is None:  # clients get 1011; the port returns once the child is reaped
+                self._fail(f"child did not accept a connection on port {port} within {timeout:g} s")
+                return
+            if self._paused:  # the first chunk may have filled an outbox before the room held the channel
+                self._channel.pause_output()
+            log.debug("connected to child", extra={"room": self.name, "port": port})
+
+        await first(connect, self.child.exited.wait, self._stop.wait)
+        if self._channel is None:
+            self._output_done.set()  # never connected: no output to wait for at exit
+
+    async def _hung_up(self) -> None:
+        """--tcp: the child closed its socket. Like the end of its output, that ends the session: stop
+        it (it may exit by itself first), and its clients then hear how it exited (SPEC §3)."""
+        if not self.settings.tcp:
+            await anyio.sleep_forever()  # a stdio child that closes stdout has not ended its session
+        await self._output_done.wait()
+        assert self.child is not None
+        await self.child.stop(None, self.settings.stop_grace)
 
     async def _exited_by_itself(self, child: Child) -> None:
         """Deliver everything the child printed, then close its clients with its exit status."""
@@ -274,11 +334,17 @@ class Room:
             client.request_close(code, describe_exit(child.returncode), drain=True)
 
 
-class _StderrLog:
-    """The child's stderr, line by line, into the server's log (so `--json` covers it too)."""
+def _payload_bytes(batch: Batch) -> int:
+    # `nbytes` (the outbox's measure) adds two bytes per message for framing; O(1), once per batch.
+    return batch.nbytes - 2 * len(batch.payloads)
 
-    def __init__(self, room: str, pid: int) -> None:
+
+class _StderrLog:
+    """The child's stderr (and stdout with --tcp), line by line, into the server's log (so `--json` covers it)."""
+
+    def __init__(self, room: str, pid: int, stream: str = "stderr") -> None:
         self._extra = {"room": room, "pid": pid}
+        self._stream = stream
         self._lines = LineSplitter(64 * 1024)
 
     def __call__(self, data: bytes) -> None:
@@ -289,7 +355,7 @@ class _StderrLog:
 
     def _log(self, lines: list[bytes]) -> None:
         for line in lines:
-            log.info("child stderr: %s", line.decode(errors="replace"), extra=self._extra)
+            log.info("child %s: %s", self._stream, line.decode(errors="replace"), extra=self._extra)
 
 
 __all__ = ["Batch", "Room"]

@@ -4,6 +4,8 @@ Joining is synchronous — look up and insert with no `await` in between — so 
 race, one room name never has two children. A room leaves the registry the moment it starts
 dying (last client gone, or child exited), so the next joiner always gets a fresh child. Every
 room's `run` lives in the one task group that `Rooms` is given (the app's lifespan owns it).
+With --tcp, `Rooms` also owns the server's one port pool: a new room takes its port as it is
+created (still with no `await`), and gives it back when its run is over.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from collections.abc import Callable
 
 import anyio
 import anyio.abc
+from starlette.status import WS_1013_TRY_AGAIN_LATER
 
 from app.child import shell_status
 from app.clients import Client
 from app.room import GOING_AWAY, Room
 from app.settings import Settings
+from app.tcp import PortPool, PortsExhausted
 from app.templates import ClientInfo
 
 log = logging.getLogger("scalesocket.rooms")
@@ -44,6 +48,7 @@ class Rooms:
         self.exit_status = 0
         self.on_room_open: Callable[[Room], None] = lambda room: None
         self.on_room_closed: Callable[[Room], None] = lambda room: None
+        self.ports = PortPool(*settings.tcpports)
         self._tg = tg
         self._ids_in_use: set[int] = set()
         self._last_id = 0
@@ -72,7 +77,13 @@ class Rooms:
             if self.settings.oneshot and self._sessions:
                 raise Refused(503, "--oneshot: this server has served its one session")
             info = make_info(self.next_id())
-            room = Room(name, self.settings, self, info)
+            port = None
+            if self.settings.tcp:
+                try:
+                    port = self.ports.allocate()
+                except PortsExhausted as error:
+                    return self._refused(name, info, str(error))
+            room = Room(name, self.settings, self, info, port)
             self.live[name] = room
             self.running.add(room)
             self._sessions += 1
@@ -82,6 +93,17 @@ class Rooms:
         else:
             info = make_info(self.next_id())
         return room, room.add(info)
+
+    def _refused(self, name: str, info: ClientInfo, why: str) -> tuple[Room, Client]:
+        """No free port: the client is accepted and closed with 1013, so it sees why (SPEC §12).
+
+        The room is never registered or run, so the next client of that name tries again.
+        """
+        log.error("refusing new room: %s", why, extra={"room": name, "id": info.id})
+        room = Room(name, self.settings, self, info)
+        client = room.add(info)
+        room.refuse(WS_1013_TRY_AGAIN_LATER, "no free port for a new room, try again later")
+        return room, client
 
     def forget(self, room: Room) -> None:
         if self.live.get(room.name) is room:
@@ -93,6 +115,8 @@ class Rooms:
     def room_done(self, room: Room) -> None:
         self.forget(room)
         self.running.discard(room)
+        if room.port is not None:
+            self.ports.release(room.port)  # its child is reaped: the port is free for the next room
         self.on_room_closed(room)
         if self.settings.oneshot:
             self.exit_status = shell_status(room.exit_code) if room.exit_code is not None else 0
