@@ -7,9 +7,11 @@ first ends the other; the client then leaves its room.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 from typing import TypedDict
+from urllib.parse import quote
 
 import anyio
 from starlette.requests import Request
@@ -37,10 +39,16 @@ def valid_room(name: str) -> bool:
 
 
 def remote_addr(websocket: WebSocket) -> str:
+    """`ip:port` (`[ip]:port` for IPv6) of the client, safe to splice into a join message."""
     if websocket.client is None:
         return ""
     host, port = websocket.client.host, websocket.client.port
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        # A trusted proxy's X-Forwarded-For may carry anything: never let it inject text (SPEC §6).
+        return quote(host, safe="") + f":{port}"
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 async def health(request: Request) -> Response:

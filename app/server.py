@@ -39,6 +39,8 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         log_config=None,  # logging is ours (app.logs), uvicorn's lines included
         lifespan="on",
         timeout_graceful_shutdown=1,
+        proxy_headers=True,  # REMOTE_ADDR is the real client behind nginx or an ingress
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
 
 

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     tcp: bool = Field(False, description="Connect to child using TCP instead of stdio")
     tcpports: Annotated[tuple[int, int], NoDecode] = Field((9001, 9999), description="Port range for TCP")
     verbose: int = Field(0, ge=0, description="Verbosity: 1 debug, 2 everything")
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1,::1", description="Proxies trusted for X-Forwarded-For (comma-separated IPs or networks, or *)"
+    )
 
     # Tunables without a flag of their own (settable through SCALESOCKET_<NAME>).
     max_message_size: int = Field(16 * MiB, ge=1024, description="Largest message in either direction, bytes")

@@ -38,6 +38,7 @@ FLAGS = {  # Settings field -> the flag a user typed
     "tcp": "--tcp",
     "tcpports": "--tcpports",
     "verbose": "-v",
+    "forwarded_allow_ips": "--forwarded-allow-ips",
 }
 
 
@@ -83,6 +84,11 @@ def parser() -> Parser:
         "independently. [default: binary when set, possible values: binary, json]",
     )
     p.add_argument("-h", "--help", action="help", help="Print help information")
+    p.add_argument(
+        "--forwarded-allow-ips",
+        metavar="<IPS>",
+        help="Proxies trusted to set X-Forwarded-For (comma-separated, or *) [default: 127.0.0.1,::1]",
+    )
     p.add_argument("--joinmsg", metavar="<MSG>", help="Emit message to child on client connect (use #ID for id)")
     p.add_argument("--json", dest="json_logs", action="store_true", default=None, help="Log JSON")
     p.add_argument("--leavemsg", metavar="<MSG>", help="Emit message to child on client disconnect (use #ID for id)")

@@ -6,7 +6,8 @@ import asyncio
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,30 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+def own_children() -> list[str]:
+    """Live processes whose parent is this test process (children it spawned and has not reaped)."""
+    me = str(os.getpid())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(") ", 1)[1].split()
+            if fields[1] == me:  # fields: state, ppid, ...
+                found.append(f"{entry.name} {stat.split(' (', 1)[1].split(')')[0]} {fields[0]}")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes() -> Iterator[None]:
+    """Every test leaves no child process behind: none alive, none a zombie (SPEC §3)."""
+    before = set(own_children())
+    yield
+    deadline = time.monotonic() + TIMEOUT
+    while (left := set(own_children()) - before) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not left, f"processes left behind: {left}"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from starlette.websockets import WebSocket
 from websockets.exceptions import InvalidStatus
 
-from app.routes import valid_room
+from app.routes import remote_addr, valid_room
 from tests.conftest import Serve, child_settings, recv
 
 pytestmark = pytest.mark.anyio
@@ -54,3 +55,18 @@ async def test_room_names_are_case_sensitive_and_dots_allowed(server: Serve) -> 
         pid_a = (await recv(a)).split()[1]
         pid_b = (await recv(b)).split()[1]
         assert pid_a != pid_b
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        ("127.0.0.1", 5000, "127.0.0.1:5000"),
+        ("::1", 5000, "[::1]:5000"),
+        ("203.0.113.7", 0, "203.0.113.7:0"),  # behind a proxy: X-Forwarded-For has no port
+        ('x"} #ID {"evil":"1', 0, "x%22%7D%20%23ID%20%7B%22evil%22%3A%221:0"),  # from a trusting proxy
+    ],
+)
+def test_remote_addr_is_safe_by_construction(host: str, port: int, expected: str) -> None:
+    scope = {"type": "websocket", "client": (host, port), "path": "/r", "headers": [], "query_string": b""}
+    websocket = WebSocket(scope, receive=None, send=None)  # type: ignore[arg-type]
+    assert remote_addr(websocket) == expected

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import string
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from app.templates import ClientInfo, Template, expand
@@ -132,8 +132,17 @@ def test_no_injection(query_string: str) -> None:
             assert set(value) <= set(string.ascii_letters + string.digits + "-._~%")
 
 
+def raw_bytes(value: str) -> bytes:
+    """The bytes a query value stands for (lone surrogates are undecodable bytes, or passed through)."""
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+
+
 @SETTINGS
 @given(QUERY_STRINGS)
+@example("A=\ud800")  # a lone surrogate (once flaky: compared as text instead of bytes)
 def test_values_and_other_variables(query_string: str) -> None:
     """Each #QUERY_<NAME> is its parameter's last value, encoded; the other variables never depend on the query."""
     info = client(query_string)
@@ -145,6 +154,6 @@ def test_values_and_other_variables(query_string: str) -> None:
         if name == "string":  # #QUERY_STRING is the whole query string, whatever the parameters
             assert part == parts[1]
         elif name.upper() in values:
-            assert unquote(part) == values[name.upper()]
+            assert unquote_to_bytes(part) == raw_bytes(values[name.upper()])
         else:
             assert part == f"#QUERY_{name.upper()}"
