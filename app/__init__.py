@@ -17,13 +17,15 @@ import anyio
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
-from starlette.staticfiles import StaticFiles
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from app.metrics import HttpMetrics, Metrics
 from app.rooms import Rooms
 from app.routes import State, bad_path, health, room_socket
 from app.senders import CaptureProtocol
 from app.settings import Settings
+from app.static import StaticDir
+from app.stats import stats
 
 __all__ = ["Settings", "create_app"]
 __version__ = "0.2.0"
@@ -38,12 +40,16 @@ def _raise_sigterm() -> None:
 
 def create_app(settings: Settings) -> Starlette:
     """The scalesocket ASGI application for `settings`."""
+    # A registry per app, never prometheus_client's global one: two apps in one process stay apart.
+    metrics = Metrics() if settings.metrics else None
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         async with anyio.create_task_group() as tg:
             rooms = Rooms(tg, settings)
             app.state.rooms = rooms
+            if metrics is not None:
+                metrics.attach(rooms)
             if settings.oneshot:
                 tg.start_soon(_exit_after_session, rooms, lambda: app.state.request_exit)
             yield {"rooms": rooms}
@@ -52,15 +58,26 @@ def create_app(settings: Settings) -> Starlette:
             rooms.begin_shutdown()
             tg.cancel_scope.cancel()
 
-    routes: list[BaseRoute] = [
-        Route("/health", health, methods=["GET", "HEAD"]),
-        WebSocketRoute("/{room}", room_socket),
-        WebSocketRoute("/{path:path}", bad_path),
-    ]
+    # Endpoints not enabled are simply absent, so they answer 404 (or a static file of that name).
+    routes: list[BaseRoute] = [Route("/health", health, methods=["GET", "HEAD"])]
+    if metrics is not None:
+        routes.append(Route("/metrics", metrics.endpoint, methods=["GET"]))  # GET brings HEAD
+    if settings.stats:
+        routes.append(Route("/{room}/stats", stats, methods=["GET"]))
+        routes.append(Route("/{room}/stats/{statistic}", stats, methods=["GET"]))
+    # Websocket routes match websocket scopes only: an upgrade on /<room> reaches the room even when
+    # a file of that name exists, and plain GETs fall through to the files.
+    routes.append(WebSocketRoute("/{room}", room_socket))
+    routes.append(WebSocketRoute("/{path:path}", bad_path))
     if settings.staticdir is not None:
-        routes.append(Mount("/", StaticFiles(directory=settings.staticdir, html=True)))
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(CaptureProtocol)])
+        # A Route rather than Mount("/"): its template labels the HTTP metrics ("/{path:path}", not "").
+        routes.append(Route("/{path:path}", StaticDir(settings.staticdir), name="static"))
+    middleware = [Middleware(CaptureProtocol)]  # outermost: it must see uvicorn's own `send`
+    if metrics is not None:
+        middleware.append(Middleware(HttpMetrics, metrics=metrics))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.settings = settings
+    app.state.metrics = metrics
     app.state.request_exit = _raise_sigterm
     return app
 
