@@ -82,6 +82,8 @@ class Client:
         self.send_scope: anyio.CancelScope | None = None  # the writer's send in progress
         # Writes a batch to the socket at once if it can take it now (see FastSender.try_write).
         self.direct: Callable[[Batch], bool] | None = None
+        # Whether the socket's own buffer is full (see FastSender.socket_full); unknown under plain ASGI.
+        self.socket_full: Callable[[], bool] = lambda: False
         self._wakeup = anyio.Event()
         self._on_unblocked = on_unblocked
 

@@ -188,7 +188,9 @@ class Room:
                 await anyio.sleep(tick)
                 now = anyio.current_time()
                 elapsed, last = now - last, now
-                keeping_up = [c for c in self.clients.values() if c.queued <= half]
+                # Keeping up: room in its outbox and a socket that takes data. An empty outbox alone is
+                # not enough: while the room is paused a stalled client's outbox stops filling.
+                keeping_up = [c for c in self.clients.values() if c.queued <= half and not c.socket_full()]
                 for client in [c for c in self.clients.values() if c.full]:
                     if any(other is not client for other in keeping_up):
                         client.blame += elapsed

@@ -75,6 +75,7 @@ async def room_socket(websocket: WebSocket) -> None:
         log.info("client connected", extra=extra)
         sender = sender_for(websocket)
         client.direct = sender.try_write  # from now on; what came before the handshake waits in the outbox
+        client.socket_full = sender.socket_full
         async with anyio.create_task_group() as tg:
             tg.start_soon(_write, client, sender)
             await _read(websocket, room, client, sender)

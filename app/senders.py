@@ -30,6 +30,8 @@ class Disconnected(Exception):
 class Sender(Protocol):
     def try_write(self, batch: Batch) -> bool: ...
 
+    def socket_full(self) -> bool: ...
+
     async def send(self, batches: list[Batch]) -> None: ...
 
     async def close(self, code: int, reason: str) -> None: ...
@@ -46,6 +48,9 @@ class AsgiSender:
 
     def try_write(self, batch: Batch) -> bool:
         return False  # ASGI sends are awaited: always through the writer task
+
+    def socket_full(self) -> bool:
+        return False  # ASGI does not tell
 
     async def send(self, batches: list[Batch]) -> None:
         send = self._websocket.send
@@ -72,6 +77,9 @@ class FastSender(AsgiSender):
     def __init__(self, websocket: WebSocket, protocol: Any) -> None:
         super().__init__(websocket)
         self._protocol = protocol
+
+    def socket_full(self) -> bool:
+        return not self._protocol.writable.is_set()
 
     def try_write(self, batch: Batch) -> bool:
         """Write now if the socket's buffer has room; False leaves the batch to the outbox and writer."""
