@@ -182,6 +182,7 @@ class Child:
         self.pid = pid
         self.returncode: int | None = None
         self.exited = anyio.Event()
+        self.on_exit: Callable[[], None] = lambda: None
         self._pidfd = os.pidfd_open(pid)
         asyncio.get_running_loop().add_reader(self._pidfd, self._reap)
 
@@ -218,6 +219,7 @@ class Child:
         # Grandchildren die with the child: otherwise they keep its stdout open and EOF never comes.
         self.kill_group()
         self.exited.set()
+        self.on_exit()
 
     def kill_group(self) -> None:
         try:
@@ -234,9 +236,11 @@ class Child:
 
     async def stop(self, channel: Channel | None, grace: float) -> None:
         """Close stdin, SIGTERM, and after `grace` SIGKILL the group; returns once reaped."""
+        if channel is not None:
+            channel.close_input()
+        if self.returncode is not None:
+            return  # already reaped (and its group killed)
         with anyio.CancelScope(shield=True):  # runs during cancellation too: never leave a child behind
-            if channel is not None:
-                channel.close_input()
             with anyio.move_on_after(STDIN_GRACE):
                 await self.exited.wait()
             if self.returncode is None:

@@ -68,7 +68,12 @@ class CloseRequest:
 
 
 class Client:
-    """A connected websocket as its room sees it."""
+    """A connected websocket as its room sees it.
+
+    Batches go straight to the socket while nothing is queued and the socket takes data (`direct`);
+    otherwise they wait in the outbox, and a writer task — started only then, ended once the outbox
+    is empty again — drains it. An idle client costs no task of its own.
+    """
 
     def __init__(self, info: ClientInfo, limit: int, on_unblocked: Callable[[Client], None]) -> None:
         self.info = info
@@ -78,29 +83,46 @@ class Client:
         self.full = False
         self.blame = 0.0  # seconds this client's full outbox held its room back while others kept up
         self.close_request: CloseRequest | None = None
-        self.closed = anyio.Event()  # the writer is done: close sent, or the connection gone
+        self.closed = anyio.Event()  # close sent, or the connection gone
         self.send_scope: anyio.CancelScope | None = None  # the writer's send in progress
-        # Writes a batch to the socket at once if it can take it now (see FastSender.try_write).
-        self.direct: Callable[[Batch], bool] | None = None
-        # Whether the socket's own buffer is full (see FastSender.socket_full); unknown under plain ASGI.
-        self.socket_full: Callable[[], bool] = lambda: False
-        self._wakeup = anyio.Event()
+        self.writing = False  # a writer task is draining the outbox
         self._on_unblocked = on_unblocked
+        # Set by `attach` once the handshake is done; until then everything waits in the outbox.
+        self._direct: Callable[[Batch], bool] | None = None
+        self._start_writer: Callable[[], object] | None = None
+        self.socket_full: Callable[[], bool] = lambda: False  # unknown under plain ASGI
 
     @property
     def id(self) -> int:
         return self.info.id
+
+    def attach(
+        self, direct: Callable[[Batch], bool], socket_full: Callable[[], bool], start_writer: Callable[[], object]
+    ) -> None:
+        """The socket is open: write directly from now on, and drain what came before the handshake."""
+        self._direct, self.socket_full, self._start_writer = direct, socket_full, start_writer
+        if self.outbox or self.close_request is not None:
+            self._ensure_writer()
+
+    def detach(self) -> None:
+        """The connection is over: nothing may start a writer any more."""
+        self._direct = self._start_writer = None
+        if self.close_request is None:
+            self.close_request = CloseRequest(1006, "connection gone", drain=False)
+        self.outbox.clear()
+        self.queued = 0
+        self.closed.set()
 
     def push(self, batch: Batch) -> bool:
         """Queue a batch; True when this push made the outbox full."""
         if self.close_request is not None and not self.close_request.drain:
             return False
         # Nothing queued and the socket has room: write now, with no task switch (the common case).
-        if not self.outbox and self.direct is not None and self.direct(batch):
+        if not self.outbox and self._direct is not None and self._direct(batch):
             return False
         self.outbox.append(batch)
         self.queued += batch.nbytes
-        self._wakeup.set()
+        self._ensure_writer()
         if not self.full and self.queued >= self.limit:
             self.full = True
             return True
@@ -117,12 +139,6 @@ class Client:
             self._on_unblocked(self)
         return batches
 
-    async def wait(self) -> None:
-        """Until there is something to send or a close to perform."""
-        if not self.outbox and self.close_request is None:
-            await self._wakeup.wait()
-        self._wakeup = anyio.Event()
-
     def request_close(self, code: int, reason: str, *, drain: bool) -> None:
         if self.close_request is None:
             self.close_request = CloseRequest(code, reason, drain)
@@ -131,4 +147,9 @@ class Client:
                 self.queued = 0
                 if self.send_scope is not None:
                     self.send_scope.cancel()
-            self._wakeup.set()
+            self._ensure_writer()
+
+    def _ensure_writer(self) -> None:
+        if not self.writing and self._start_writer is not None:
+            self.writing = True
+            self._start_writer()

@@ -9,6 +9,7 @@ messages go the other way through `send_to_child`, which waits while the child's
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -69,14 +70,16 @@ class Room:
         self._channel: Channel | None = None
         self._decoder = OutputDecoder(settings)
         self.encoder = InputEncoder(settings)
-        self._joinmsg = Template(settings.joinmsg) if settings.joinmsg is not None else None
-        self._leavemsg = Template(settings.leavemsg) if settings.leavemsg is not None else None
+        self._joinmsg = _template(settings.joinmsg) if settings.joinmsg is not None else None
+        self._leavemsg = _template(settings.leavemsg) if settings.leavemsg is not None else None
         self._attached = anyio.Event()
         self._stop = anyio.Event()
         self._output_done = anyio.Event()
+        self._changed = anyio.Event()  # set on a stop request, the child's exit, or the end of its output
         self._blocked = 0  # clients whose outbox is full
         self._paused = False
-        self._pause_started = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None  # the room's own: the slow-client watcher runs in it
+        self._watching = False
 
     # --- clients --------------------------------------------------------------------------------
 
@@ -112,6 +115,17 @@ class Room:
     def request_stop(self) -> None:
         self._rooms.forget(self)  # the next joiner gets a fresh child, never this dying one
         self._stop.set()
+        self._changed.set()
+
+    def _on_output_end(self) -> None:
+        self._output_done.set()
+        self._changed.set()
+
+    async def _until(self, condition: Callable[[], bool]) -> None:
+        """Wait until `condition` holds; it is re-checked whenever the room's state changes."""
+        while not condition():
+            await self._changed.wait()
+            self._changed = anyio.Event()
 
     # --- client -> child ------------------------------------------------------------------------
 
@@ -165,14 +179,15 @@ class Room:
         self._paused = True
         if self._channel is not None:
             self._channel.pause_output()
-        self._pause_started.set()
+        if not self._watching and self._tg is not None and len(self.clients) > 1:
+            self._watching = True  # only a room held back with others in it can have a client to close
+            self._tg.start_soon(self._watch_slow_clients)
 
     def _on_unblocked(self, client: Client, removed: bool = False) -> None:
         if removed or client.id in self.clients:
             self._blocked -= 1
         if self._blocked == 0 and self._paused:
             self._paused = False
-            self._pause_started = anyio.Event()
             if self._channel is not None:
                 self._channel.resume_output()
 
@@ -181,9 +196,8 @@ class Room:
         timeout = self.settings.slow_client_timeout
         half = self.settings.outbox_bytes / 2
         tick = min(0.25, timeout / 10)
-        while True:
-            await self._pause_started.wait()
-            last = anyio.current_time()
+        last = anyio.current_time()
+        try:
             while self._paused:
                 await anyio.sleep(tick)
                 now = anyio.current_time()
@@ -196,6 +210,8 @@ class Room:
                         client.blame += elapsed
                         if client.blame >= timeout:
                             self._kick(client)
+        finally:
+            self._watching = False
 
     def _kick(self, client: Client) -> None:
         log.warning(
@@ -242,29 +258,37 @@ class Room:
             stdout = _StderrLog(self.name, child.pid, "stdout")
             self._stdout = await drain_to(stdout_r, stdout, stdout.close)  # always drained: never a full pipe
         else:
-            self._channel = await open_pipes(stdin_w, stdout_r, self._on_output, self._output_done.set)
+            self._channel = await open_pipes(stdin_w, stdout_r, self._on_output, self._on_output_end)
         return child
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Spawn the child, serve the room until the child exits or the room stops, then reap."""
         self.started_at = anyio.current_time()
         try:
-            try:
-                self.child = child = await self._spawn()
-            except OSError as error:
+            async with anyio.create_task_group() as self._tg:
+                try:
+                    self.child = child = await self._spawn()
+                except OSError as error:
+                    task_status.started()
+                    self._fail(f"cannot start {self.settings.cmd}: {error.strerror}")
+                    return
+                child.on_exit = self._changed.set
+                log.info("child started", extra={"room": self.name, "pid": child.pid})
+                self._rooms.child_started(self)
                 task_status.started()
-                self._fail(f"cannot start {self.settings.cmd}: {error.strerror}")
-                return
-            log.info("child started", extra={"room": self.name, "pid": child.pid})
-            self._rooms.child_started(self)
-            task_status.started()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watch_slow_clients)
+                if self._paused and not self._watching and len(self.clients) > 1:
+                    self._pause()  # output filled an outbox while the pipes were being set up
                 await self._attach()
-                await first(child.exited.wait, self._stop.wait, self._hung_up)
+                tcp = self.settings.tcp
+                # A --tcp child that closes its socket has ended its session, like one that exits.
+                await self._until(
+                    lambda: child.returncode is not None or self._stop.is_set() or (tcp and self._output_done.is_set())
+                )
+                if tcp and child.returncode is None and not self._stop.is_set():
+                    await child.stop(None, self.settings.stop_grace)
                 if child.returncode is not None and not self._stop.is_set():
                     await self._exited_by_itself(child)
-                tg.cancel_scope.cancel()
+                self._tg.cancel_scope.cancel()
         except Exception:
             log.exception("room failed", extra={"room": self.name})
             self._fail("internal error")
@@ -286,7 +310,8 @@ class Room:
         elif delay > 0:
             if self._channel is not None:
                 self._channel.pause_output()
-            await anyio.sleep(delay)
+            assert self.child is not None
+            await first(functools.partial(anyio.sleep, delay), self._stop.wait, self.child.exited.wait)
             if self._channel is not None and not self._paused:
                 self._channel.resume_output()
         self._attached.set()
@@ -300,7 +325,7 @@ class Room:
             await anyio.sleep(self.settings.attach_delay)
             timeout = self.settings.tcp_connect_timeout
             with anyio.move_on_after(timeout):
-                self._channel = await connect_channel(port, self._on_output, self._output_done.set)
+                self._channel = await connect_channel(port, self._on_output, self._on_output_end)
             if self._channel is None:  # clients get 1011; the port returns once the child is reaped
                 self._fail(f"child did not accept a connection on port {port} within {timeout:g} s")
                 return
@@ -310,23 +335,14 @@ class Room:
 
         await first(connect, self.child.exited.wait, self._stop.wait)
         if self._channel is None:
-            self._output_done.set()  # never connected: no output to wait for at exit
-
-    async def _hung_up(self) -> None:
-        """--tcp: the child closed its socket. Like the end of its output, that ends the session: stop
-        it (it may exit by itself first), and its clients then hear how it exited (SPEC §3)."""
-        if not self.settings.tcp:
-            await anyio.sleep_forever()  # a stdio child that closes stdout has not ended its session
-        await self._output_done.wait()
-        assert self.child is not None
-        await self.child.stop(None, self.settings.stop_grace)
+            self._on_output_end()  # never connected: no output to wait for at exit
 
     async def _exited_by_itself(self, child: Child) -> None:
         """Deliver everything the child printed, then close its clients with its exit status."""
         self._rooms.forget(self)
         assert child.returncode is not None
         self.exit_code = child.returncode
-        await first(self._output_done.wait, self._stop.wait)
+        await self._until(lambda: self._output_done.is_set() or self._stop.is_set())
         self._deliver(self._decoder.close())
         if self._decoder.truncated:
             self._fail(f"child output ended inside a gwsocket frame ({self._decoder.truncated} bytes)")
@@ -339,6 +355,9 @@ class Room:
 def _payload_bytes(batch: Batch) -> int:
     # `nbytes` (the outbox's measure) adds two bytes per message for framing; O(1), once per batch.
     return batch.nbytes - 2 * len(batch.payloads)
+
+
+_template = functools.lru_cache(maxsize=8)(Template)  # compiled once per server, not per room
 
 
 class _StderrLog:

@@ -1,13 +1,13 @@
 """Routes: thin endpoints — the room websocket, /health — over the state that `create_app` builds.
 
-A websocket connection is two tasks in one group: the reader (the only caller of `receive`) carries
-client messages to the room, the writer carries the client's outbox to the socket. Whichever ends
-first ends the other; the client then leaves its room.
+A websocket connection is its handler task, the reader (the only caller of `receive`), which carries
+client messages to the room; output reaches the socket directly from the room, or through a writer
+task in the connection's task group while the socket is backed up. When the reader ends, the
+writer is cancelled and the client leaves its room.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 from typing import TypedDict
@@ -43,12 +43,10 @@ def remote_addr(websocket: WebSocket) -> str:
     if websocket.client is None:
         return ""
     host, port = websocket.client.host, websocket.client.port
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        # A trusted proxy's X-Forwarded-For may carry anything: never let it inject text (SPEC §6).
-        return quote(host, safe="") + f":{port}"
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+    # A trusted proxy's X-Forwarded-For may carry anything: never let it inject text (SPEC §6). IP
+    # addresses pass unchanged; anything else is percent-encoded.
+    host = quote(host, safe=":.")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def health(request: Request) -> Response:
@@ -74,16 +72,14 @@ async def room_socket(websocket: WebSocket) -> None:
         await websocket.accept()
         log.info("client connected", extra=extra)
         sender = sender_for(websocket)
-        client.direct = sender.try_write  # from now on; what came before the handshake waits in the outbox
-        client.socket_full = sender.socket_full
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_write, client, sender)
+        async with anyio.create_task_group() as tg:  # owns the writer, whenever the client needs one
+            client.attach(sender.try_write, sender.socket_full, lambda: tg.start_soon(_write, client, sender))
             await _read(websocket, room, client, sender)
             tg.cancel_scope.cancel()
     finally:
+        client.detach()
         room.leave(client)
         rooms.release_id(client.id)
-        client.closed.set()
         log.info("client disconnected", extra=extra)
 
 
@@ -108,19 +104,16 @@ async def _read(websocket: WebSocket, room: Room, client: Client, sender: Sender
 
 
 async def _write(client: Client, sender: Sender) -> None:
+    """Drain the outbox (waiting while the socket is full), send a requested close, then end."""
     try:
-        while True:
-            await client.wait()
-            batches = client.take()
-            if batches:
-                with anyio.CancelScope() as scope:
-                    client.send_scope = scope  # a close that drops the outbox cancels a stuck send
-                    await sender.send(batches)
-            request = client.close_request
-            if request is not None and not client.outbox:
-                await sender.close(request.code, request.reason)
-                return
+        while batches := client.take():
+            with anyio.CancelScope() as scope:
+                client.send_scope = scope  # a close that drops the outbox cancels a stuck send
+                await sender.send(batches)
+        if (request := client.close_request) is not None:
+            await sender.close(request.code, request.reason)
+            client.closed.set()
     except (Disconnected, WebSocketDisconnect, OSError, RuntimeError):
-        return
+        client.detach()  # the connection is gone: drop what is queued, and queue nothing more
     finally:
-        client.closed.set()
+        client.writing = False

@@ -63,7 +63,7 @@ async def test_room_names_are_case_sensitive_and_dots_allowed(server: Serve) -> 
         ("127.0.0.1", 5000, "127.0.0.1:5000"),
         ("::1", 5000, "[::1]:5000"),
         ("203.0.113.7", 0, "203.0.113.7:0"),  # behind a proxy: X-Forwarded-For has no port
-        ('x"} #ID {"evil":"1', 0, "x%22%7D%20%23ID%20%7B%22evil%22%3A%221:0"),  # from a trusting proxy
+        ('x"} #ID {"evil":"1', 0, "[x%22%7D%20%23ID%20%7B%22evil%22:%221]:0"),  # from a trusting proxy
     ],
 )
 def test_remote_addr_is_safe_by_construction(host: str, port: int, expected: str) -> None:
