@@ -21,8 +21,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from app.metrics import HttpMetrics, Metrics
 from app.rooms import Rooms
-from app.routes import State, bad_path, health, room_socket
-from app.senders import CaptureProtocol
+from app.routes import FastPath, State, bad_path, health, room_socket
 from app.settings import Settings
 from app.static import StaticDir
 from app.stats import stats
@@ -72,7 +71,7 @@ def create_app(settings: Settings) -> Starlette:
     if settings.staticdir is not None:
         # A Route rather than Mount("/"): its template labels the HTTP metrics ("/{path:path}", not "").
         routes.append(Route("/{path:path}", StaticDir(settings.staticdir), name="static"))
-    middleware = [Middleware(CaptureProtocol)]  # outermost: it must see uvicorn's own `send`
+    middleware = [Middleware(FastPath)]  # outermost: it must see uvicorn's own `send`
     if metrics is not None:
         middleware.append(Middleware(HttpMetrics, metrics=metrics))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)

@@ -75,6 +75,24 @@ class Client:
     is empty again — drains it. An idle client costs no task of its own.
     """
 
+    __slots__ = (
+        "_direct",
+        "_on_unblocked",
+        "_start_writer",
+        "blame",
+        "close_request",
+        "closed",
+        "full",
+        "info",
+        "limit",
+        "outbox",
+        "queued",
+        "send_scope",
+        "socket_full",
+        "writer_scope",
+        "writing",
+    )
+
     def __init__(self, info: ClientInfo, limit: int, on_unblocked: Callable[[Client], None]) -> None:
         self.info = info
         self.limit = limit
@@ -86,6 +104,7 @@ class Client:
         self.closed = anyio.Event()  # close sent, or the connection gone
         self.send_scope: anyio.CancelScope | None = None  # the writer's send in progress
         self.writing = False  # a writer task is draining the outbox
+        self.writer_scope: anyio.CancelScope | None = None
         self._on_unblocked = on_unblocked
         # Set by `attach` once the handshake is done; until then everything waits in the outbox.
         self._direct: Callable[[Batch], bool] | None = None
@@ -105,8 +124,10 @@ class Client:
             self._ensure_writer()
 
     def detach(self) -> None:
-        """The connection is over: nothing may start a writer any more."""
+        """The connection is over: stop the writer, and nothing may start one any more."""
         self._direct = self._start_writer = None
+        if self.writer_scope is not None:
+            self.writer_scope.cancel()
         if self.close_request is None:
             self.close_request = CloseRequest(1006, "connection gone", drain=False)
         self.outbox.clear()

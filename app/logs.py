@@ -50,10 +50,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+class _DropDenialNoise(logging.Filter):
+    """uvicorn logs an error for every websocket refused before the upgrade (a 400 for a bad room
+    name, a 503 under --oneshot); the refusal is deliberate and logged at debug by us."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "ASGI callable returned without completing handshake."
+
+
 def configure(verbose: int, json_logs: bool) -> None:
     """Route every logger (ours and uvicorn's) through one stderr handler."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_logs else PlainFormatter())
+    handler.addFilter(_DropDenialNoise())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     level = {0: logging.INFO, 1: logging.DEBUG}.get(verbose, TRACE)

@@ -115,10 +115,13 @@ class Room:
     def request_stop(self) -> None:
         self._rooms.forget(self)  # the next joiner gets a fresh child, never this dying one
         self._stop.set()
-        self._changed.set()
+        self._notify()
 
     def _on_output_end(self) -> None:
         self._output_done.set()
+        self._notify()
+
+    def _notify(self) -> None:
         self._changed.set()
 
     async def _until(self, condition: Callable[[], bool]) -> None:
@@ -272,7 +275,7 @@ class Room:
                     task_status.started()
                     self._fail(f"cannot start {self.settings.cmd}: {error.strerror}")
                     return
-                child.on_exit = self._changed.set
+                child.on_exit = self._notify  # not `self._changed.set`: _until replaces the event
                 log.info("child started", extra={"room": self.name, "pid": child.pid})
                 self._rooms.child_started(self)
                 task_status.started()

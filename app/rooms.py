@@ -11,7 +11,8 @@ created (still with no `await`), and gives it back when its run is over.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -64,6 +65,10 @@ class Rooms:
                 self._last_id = candidate
                 self._ids_in_use.add(candidate)
                 return candidate
+
+    def start_soon(self, func: Callable[..., Coroutine[Any, Any, object]], *args: object) -> None:
+        """Run a connection's task (its writer) in the server's task group, which outlives rooms."""
+        self._tg.start_soon(func, *args)
 
     def release_id(self, client_id: int) -> None:
         self._ids_in_use.discard(client_id)

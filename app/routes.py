@@ -16,12 +16,13 @@ from urllib.parse import quote
 import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.clients import Client
 from app.room import Room
 from app.rooms import Refused, Rooms
-from app.senders import Disconnected, Sender, sender_for
+from app.senders import Disconnected, Sender, capture_protocol, sender_for
 from app.templates import ClientInfo
 
 log = logging.getLogger("scalesocket.routes")
@@ -65,6 +66,7 @@ async def room_socket(websocket: WebSocket) -> None:
     try:
         room, client = rooms.join(name, lambda id_: ClientInfo(id_, query, addr, name))
     except Refused as refusal:
+        log.debug("websocket refused", extra={"room": name, "status": refusal.status, "reason": refusal.reason})
         await websocket.send_denial_response(PlainTextResponse(refusal.reason + "\n", refusal.status))
         return
     extra = {"room": name, "id": client.id, "remote": addr}
@@ -72,10 +74,9 @@ async def room_socket(websocket: WebSocket) -> None:
         await websocket.accept()
         log.info("client connected", extra=extra)
         sender = sender_for(websocket)
-        async with anyio.create_task_group() as tg:  # owns the writer, whenever the client needs one
-            client.attach(sender.try_write, sender.socket_full, lambda: tg.start_soon(_write, client, sender))
-            await _read(websocket, room, client, sender)
-            tg.cancel_scope.cancel()
+        # A writer, when the client needs one, runs in the server's task group; detach() cancels it.
+        client.attach(sender.try_write, sender.socket_full, lambda: rooms.start_soon(_write, client, sender))
+        await _read(websocket, room, client, sender)
     finally:
         client.detach()
         room.leave(client)
@@ -106,14 +107,38 @@ async def _read(websocket: WebSocket, room: Room, client: Client, sender: Sender
 async def _write(client: Client, sender: Sender) -> None:
     """Drain the outbox (waiting while the socket is full), send a requested close, then end."""
     try:
-        while batches := client.take():
-            with anyio.CancelScope() as scope:
-                client.send_scope = scope  # a close that drops the outbox cancels a stuck send
-                await sender.send(batches)
-        if (request := client.close_request) is not None:
-            await sender.close(request.code, request.reason)
-            client.closed.set()
+        with anyio.CancelScope() as client.writer_scope:  # detach() cancels it: the connection is over
+            while batches := client.take():
+                with anyio.CancelScope() as client.send_scope:  # a close that drops the outbox cancels it
+                    await sender.send(batches)
+            if (request := client.close_request) is not None:
+                await sender.close(request.code, request.reason)
+                client.closed.set()
     except (Disconnected, WebSocketDisconnect, OSError, RuntimeError):
         client.detach()  # the connection is gone: drop what is queued, and queue nothing more
     finally:
         client.writing = False
+
+
+class FastPath:
+    """Outermost middleware: under uvicorn's websockets-sansio protocol, room websockets take a
+    short cut.
+
+    It hands `FastSender` the protocol (Starlette's own middleware wraps `send`, so only the
+    outermost layer still sees uvicorn's bound method), and sends `/<room>` straight to
+    `room_socket`, past the router and the exception middleware, which do nothing for a websocket
+    but cost time and memory per connection. Anything else, or any other server, takes the
+    ordinary Starlette route to the same endpoint.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and capture_protocol(scope, send):
+            path: str = scope["path"]
+            if path.count("/") == 1:
+                scope["path_params"] = {"room": path[1:]}
+                await room_socket(WebSocket(scope, receive, send))
+                return
+        await self.app(scope, receive, send)

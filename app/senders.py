@@ -13,7 +13,7 @@ import asyncio
 from typing import Any, Protocol
 
 import anyio
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope, Send
 from starlette.websockets import WebSocket
 
 from app.clients import TEXT, Batch
@@ -77,6 +77,10 @@ class FastSender(AsgiSender):
     def __init__(self, websocket: WebSocket, protocol: Any) -> None:
         super().__init__(websocket)
         self._protocol = protocol
+        # Made after the handshake: uvicorn no longer needs the parsed request and response, whose
+        # headers would otherwise stay in memory for the connection's whole life (idle clients).
+        if protocol.handshake_complete:
+            protocol.request = protocol.response = None
 
     def socket_full(self) -> bool:
         return not self._protocol.writable.is_set()
@@ -127,19 +131,10 @@ def sender_for(websocket: WebSocket) -> Sender:
     return FastSender(websocket, protocol) if protocol is not None else AsgiSender(websocket)
 
 
-class CaptureProtocol:
-    """Outermost middleware: remembers uvicorn's websockets-sansio protocol for `FastSender`.
-
-    Starlette's own middleware wraps `send`, so only the outermost layer still sees uvicorn's
-    bound method (and through it the protocol with its transport).
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            protocol = getattr(send, "__self__", None)
-            if type(protocol).__name__ == "WebSocketsSansIOProtocol" and hasattr(protocol, "writable"):
-                scope[_PROTOCOL_KEY] = protocol
-        await self.app(scope, receive, send)
+def capture_protocol(scope: Scope, send: Send) -> bool:
+    """Remember uvicorn's websockets-sansio protocol behind `send` for `FastSender`; True if found."""
+    protocol = getattr(send, "__self__", None)
+    if type(protocol).__name__ == "WebSocketsSansIOProtocol" and hasattr(protocol, "writable"):
+        scope[_PROTOCOL_KEY] = protocol
+        return True
+    return False

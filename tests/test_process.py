@@ -83,6 +83,9 @@ async def run(argv: list[str], env: dict[str, str] | None = None) -> AsyncIterat
                             raise AssertionError(f"server exited: {proc.stderr.decode()}")
                         await anyio.sleep(0.05)
             yield proc
+        except BaseException:
+            sys.stderr.write(f"--- server stderr ---\n{proc.stderr.decode(errors='replace')[-4000:]}\n")
+            raise
         finally:
             if process.returncode is None:
                 process.kill()

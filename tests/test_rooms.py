@@ -252,3 +252,15 @@ async def test_invalid_utf8_split_across_reads_is_still_replaced(server: Serve) 
     settings = child_settings("unused").model_copy(update={"args": ["-c", script]})
     async with server(settings) as s, s.connect("/r") as ws:
         assert await recv(ws) == "bad \ufffd end"
+
+
+async def test_child_closing_stdout_before_exiting_is_still_seen_to_exit(server: Serve) -> None:
+    # The end of output arrives before the exit: the room must still notice the exit that follows.
+    settings = child_settings("unused").model_copy(
+        update={"cmd": "/bin/sh", "args": ["-c", "echo bye; exec >&-; sleep 0.3; exit 3"]}
+    )
+    async with server(settings) as s, s.connect("/r") as ws:
+        assert await recv(ws) == "bye"
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv(ws)
+        assert closed.value.rcvd is not None and closed.value.rcvd.reason == "process exited with code 3"
