@@ -57,6 +57,7 @@ class _Writer(asyncio.Protocol):
     def __init__(self) -> None:
         self.writable = asyncio.Event()
         self.writable.set()
+        self.on_resume: Callable[[], None] = lambda: None  # the buffer drained below its low-water mark
         self.closed = False
         self.transport: asyncio.WriteTransport | None = None
 
@@ -68,10 +69,12 @@ class _Writer(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writable.set()
+        self.on_resume()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.writable.set()  # nobody may wait forever on a pipe that is gone
+        self.on_resume()
 
 
 class SocketProtocol(_Writer):
@@ -132,6 +135,10 @@ class Channel:
 
     async def wait_writable(self) -> None:
         await self._writer.writable.wait()
+
+    def on_resume(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever the input drains after being full (or is gone)."""
+        self._writer.on_resume = callback
 
     def close_input(self) -> None:
         transport = self._writer.transport

@@ -78,6 +78,7 @@ class Room:
         self._changed = anyio.Event()  # set on a stop request, the child's exit, or the end of its output
         self._blocked = 0  # clients whose outbox is full
         self._paused = False
+        self._stalled_readers: dict[int, Callable[[], None]] = {}  # clients paused on a full input
         self._tg: anyio.abc.TaskGroup | None = None  # the room's own: the slow-client watcher runs in it
         self._watching = False
 
@@ -93,6 +94,7 @@ class Room:
         """The client is gone: tell the child, and stop it after the last one."""
         if self.clients.pop(client.id, None) is None:
             return
+        self._stalled_readers.pop(client.id, None)
         if client.full:
             client.full = False
             self._on_unblocked(client, removed=True)
@@ -147,6 +149,29 @@ class Room:
                 await channel.wait_writable()
             if sender.disconnected:
                 raise Disconnected
+
+    @property
+    def attached(self) -> bool:
+        return self._attached.is_set()
+
+    def from_client(self, client: Client, sender: Sender, text: str | None, data: bytes | None) -> None:
+        """A client message handed over as it was parsed (RoomProtocol): write it at once, and stop
+        reading that client while the child's input is full."""
+        encoded = self.encoder.message(client.id, text, data)
+        channel = self._channel
+        if encoded is None or channel is None or channel.closed:
+            return
+        channel.write(encoded)
+        self.messages_in += 1
+        self.bytes_in += len(encoded)
+        if not channel.writable:
+            sender.pause_reading()
+            self._stalled_readers[client.id] = sender.resume_reading
+
+    def _resume_readers(self) -> None:
+        readers, self._stalled_readers = self._stalled_readers, {}
+        for resume in readers.values():
+            resume()
 
     # --- child -> clients -----------------------------------------------------------------------
 
@@ -262,6 +287,7 @@ class Room:
             self._stdout = await drain_to(stdout_r, stdout, stdout.close)  # always drained: never a full pipe
         else:
             self._channel = await open_pipes(stdin_w, stdout_r, self._on_output, self._on_output_end)
+            self._channel.on_resume(self._resume_readers)
         return child
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -329,6 +355,8 @@ class Room:
             timeout = self.settings.tcp_connect_timeout
             with anyio.move_on_after(timeout):
                 self._channel = await connect_channel(port, self._on_output, self._on_output_end)
+            if self._channel is not None:
+                self._channel.on_resume(self._resume_readers)
             if self._channel is None:  # clients get 1011; the port returns once the child is reaped
                 self._fail(f"child did not accept a connection on port {port} within {timeout:g} s")
                 return

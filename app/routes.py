@@ -8,6 +8,7 @@ writer is cancelled and the client leaves its room.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from typing import TypedDict
@@ -91,9 +92,13 @@ async def bad_path(websocket: WebSocket) -> None:
 
 async def _read(websocket: WebSocket, room: Room, client: Client, sender: Sender) -> None:
     encode = room.encoder.message
+    direct = False
     try:
         await room.joined(client, sender)
         while True:
+            if not direct and room.attached:
+                # From here on messages reach the room as they are parsed; receive() sees the disconnect.
+                direct = sender.receive_directly(functools.partial(room.from_client, client, sender))
             message = await websocket.receive()
             if message["type"] != "websocket.receive":
                 return  # websocket.disconnect

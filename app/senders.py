@@ -15,8 +15,10 @@ from typing import Any, Protocol
 import anyio
 from starlette.types import Scope, Send
 from starlette.websockets import WebSocket
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from app.clients import TEXT, Batch
+from app.protocol import OnMessage, RoomProtocol
 
 _PROTOCOL_KEY = "scalesocket.ws_protocol"
 CLOSE_TIMEOUT = 1.0  # an ASGI close to a client that does not read can wait forever: give up
@@ -28,6 +30,12 @@ class Disconnected(Exception):
 
 
 class Sender(Protocol):
+    def receive_directly(self, on_message: OnMessage) -> bool: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
     def try_write(self, batch: Batch) -> bool: ...
 
     def socket_full(self) -> bool: ...
@@ -45,6 +53,15 @@ class AsgiSender:
 
     def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
+
+    def receive_directly(self, on_message: OnMessage) -> bool:
+        return False  # ASGI messages come through receive()
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
     def try_write(self, batch: Batch) -> bool:
         return False  # ASGI sends are awaited: always through the writer task
@@ -84,6 +101,22 @@ class FastSender(AsgiSender):
 
     def socket_full(self) -> bool:
         return not self._protocol.writable.is_set()
+
+    def receive_directly(self, on_message: OnMessage) -> bool:
+        """Have messages handed to `on_message` as they are parsed, once nothing waits in ASGI's queue."""
+        protocol = self._protocol
+        if not isinstance(protocol, RoomProtocol) or not protocol.queue.empty() or protocol.close_sent:
+            return False
+        protocol.on_message = on_message
+        return True
+
+    def pause_reading(self) -> None:
+        if isinstance(self._protocol, RoomProtocol):
+            self._protocol.pause()
+
+    def resume_reading(self) -> None:
+        if isinstance(self._protocol, RoomProtocol):
+            self._protocol.resume()
 
     def try_write(self, batch: Batch) -> bool:
         """Write now if the socket's buffer has room; False leaves the batch to the outbox and writer."""
@@ -134,7 +167,7 @@ def sender_for(websocket: WebSocket) -> Sender:
 def capture_protocol(scope: Scope, send: Send) -> bool:
     """Remember uvicorn's websockets-sansio protocol behind `send` for `FastSender`; True if found."""
     protocol = getattr(send, "__self__", None)
-    if type(protocol).__name__ == "WebSocketsSansIOProtocol" and hasattr(protocol, "writable"):
+    if isinstance(protocol, WebSocketsSansIOProtocol):
         scope[_PROTOCOL_KEY] = protocol
         return True
     return False

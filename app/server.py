@@ -18,6 +18,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from app import create_app
+from app.protocol import RoomProtocol
 from app.rooms import Rooms
 from app.settings import Settings
 
@@ -31,7 +32,7 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         app,
         host=settings.host,
         port=settings.port,
-        ws="websockets-sansio",
+        ws=RoomProtocol,  # websockets-sansio, with client messages handed to rooms directly
         ws_max_size=settings.max_message_size,
         ws_ping_interval=settings.ping_interval,
         ws_ping_timeout=settings.ping_timeout,
