@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import anyio
 
+from app.framing import LineSplitter
+
 log = logging.getLogger("scalesocket.child")
 
 # Signals Python itself ignores; a child must start with their default actions (as subprocess does).
@@ -274,3 +276,22 @@ def describe_exit(code: int) -> str:
 def shell_status(code: int) -> int:
     """Exit status a shell would report: 128+N for a signal."""
     return 128 - code if code < 0 else code
+
+
+class LogLines:
+    """A child's stderr (and stdout with --tcp), line by line, into the server's log (so `--json` covers it)."""
+
+    def __init__(self, room: str, pid: int, stream: str = "stderr") -> None:
+        self._extra = {"room": room, "pid": pid}
+        self._stream = stream
+        self._lines = LineSplitter(64 * 1024)
+
+    def __call__(self, data: bytes) -> None:
+        self._log(self._lines.feed(data))
+
+    def close(self) -> None:
+        self._log(self._lines.close())
+
+    def _log(self, lines: list[bytes]) -> None:
+        for line in lines:
+            log.info("child %s: %s", self._stream, line.decode(errors="replace"), extra=self._extra)

@@ -53,6 +53,11 @@ class Batch:
         self.nbytes = sum(map(len, payloads)) + 2 * len(payloads)
         self._wire: bytes | None = None
 
+    @property
+    def payload_bytes(self) -> int:
+        """The messages' own bytes, without the two per message `nbytes` adds for framing."""
+        return self.nbytes - 2 * len(self.payloads)
+
     def wire(self) -> bytes:
         """The websocket frames, encoded on first use and shared by every recipient."""
         if self._wire is None:

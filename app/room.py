@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from app.child import Channel, Child, describe_exit, drain_to, open_pipes
-from app.clients import Batch, Client
-from app.framing import LineSplitter
+from app.child import Channel, Child, LogLines, describe_exit, drain_to, open_pipes
+from app.clients import Client
 from app.messages import Delivery, InputEncoder, OutputDecoder, ProtocolError
 from app.senders import Disconnected, Sender
 from app.settings import Settings
@@ -192,12 +191,12 @@ class Room:
                     if client.push(batch):
                         self._blocked += 1
                 self.messages_out += len(batch.payloads) * len(clients)
-                self.bytes_out += _payload_bytes(batch) * len(clients)
+                self.bytes_out += batch.payload_bytes * len(clients)
             elif (recipient := clients.get(target)) is not None:
                 if recipient.push(batch):
                     self._blocked += 1
                 self.messages_out += len(batch.payloads)
-                self.bytes_out += _payload_bytes(batch)
+                self.bytes_out += batch.payload_bytes
             else:
                 log.debug("dropping message for a client not in this room", extra={"room": self.name, "id": target})
         if self._blocked and not self._paused:
@@ -280,10 +279,10 @@ class Room:
             raise
         for fd in (stdin_r, stdout_w, stderr_w):
             os.close(fd)
-        stderr = _StderrLog(self.name, child.pid)
+        stderr = LogLines(self.name, child.pid)
         self._stderr = await drain_to(stderr_r, stderr, stderr.close)
         if tcp:
-            stdout = _StderrLog(self.name, child.pid, "stdout")
+            stdout = LogLines(self.name, child.pid, "stdout")
             self._stdout = await drain_to(stdout_r, stdout, stdout.close)  # always drained: never a full pipe
         else:
             self._channel = await open_pipes(stdin_w, stdout_r, self._on_output, self._on_output_end)
@@ -383,31 +382,4 @@ class Room:
             client.request_close(code, describe_exit(child.returncode), drain=True)
 
 
-def _payload_bytes(batch: Batch) -> int:
-    # `nbytes` (the outbox's measure) adds two bytes per message for framing; O(1), once per batch.
-    return batch.nbytes - 2 * len(batch.payloads)
-
-
 _template = functools.lru_cache(maxsize=8)(Template)  # compiled once per server, not per room
-
-
-class _StderrLog:
-    """The child's stderr (and stdout with --tcp), line by line, into the server's log (so `--json` covers it)."""
-
-    def __init__(self, room: str, pid: int, stream: str = "stderr") -> None:
-        self._extra = {"room": room, "pid": pid}
-        self._stream = stream
-        self._lines = LineSplitter(64 * 1024)
-
-    def __call__(self, data: bytes) -> None:
-        self._log(self._lines.feed(data))
-
-    def close(self) -> None:
-        self._log(self._lines.close())
-
-    def _log(self, lines: list[bytes]) -> None:
-        for line in lines:
-            log.info("child %s: %s", self._stream, line.decode(errors="replace"), extra=self._extra)
-
-
-__all__ = ["Batch", "Room"]
