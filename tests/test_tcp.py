@@ -312,7 +312,7 @@ async def test_full_outbox_pauses_the_socket_and_loses_nothing(server: Serve) ->
 async def test_stdout_flood_goes_to_the_log_and_never_blocks_the_child(
     server: Serve, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="scalesocket.room")
+    caplog.set_level(logging.INFO, logger="scalesocket.child")
     flood = 512 * 1024  # 8 pipe buffers of stdout and of stderr, written before the child listens
     lines = flood // 100
     async with server(tcp_settings("flood", str(flood), ports=free_ports(1))) as s, s.connect("/r") as ws:
