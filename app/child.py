@@ -215,6 +215,41 @@ class Child:
         )
         return cls(pid)
 
+    @classmethod
+    async def start(
+        cls,
+        path: str,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        label: str,
+        stdio: bool,
+        on_data: Callable[[bytes], None],
+        on_eof: Callable[[], None],
+    ) -> tuple[Child, Channel | None]:
+        """Spawn with fresh pipes; stderr is logged. With `stdio` the child's stdin and stdout are the
+        returned channel; otherwise stdin is /dev/null and stdout is logged too (the caller connects)."""
+        stdin_r, stdin_w = os.pipe() if stdio else (os.open(os.devnull, os.O_RDONLY), -1)
+        stdout_r, stdout_w = os.pipe()
+        stderr_r, stderr_w = os.pipe()
+        try:
+            child = cls.spawn(path, args, env, stdin_r, stdout_w, stderr_w)
+        except OSError:
+            for fd in (stdin_w, stdout_r, stderr_r):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in (stdin_r, stdout_w, stderr_w):  # the child's ends: it has its own copies now
+                os.close(fd)
+        stderr = LogLines(label, child.pid)
+        await drain_to(stderr_r, stderr, stderr.close)
+        if stdio:
+            return child, await open_pipes(stdin_w, stdout_r, on_data, on_eof)
+        stdout = LogLines(label, child.pid, "stdout")
+        await drain_to(stdout_r, stdout, stdout.close)  # always drained: a full pipe would block the child
+        return child, None
+
     def _reap(self) -> None:
         try:
             pid, status = os.waitpid(self.pid, os.WNOHANG)

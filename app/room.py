@@ -1,10 +1,12 @@
 """Room: one child shared by the clients of one `/<room>` path.
 
 The data path reads top to bottom: the child's output arrives in `_on_output`, is decoded into
-deliveries and pushed into each client's bounded outbox (`_deliver`); while any outbox is full the
-child's output is paused, so the child is slowed through its pipe and nothing is dropped. Client
-messages go the other way through `send_to_child`, which waits while the child's input is full.
-`run` owns the child's whole life: spawn, attach, wait for exit or stop, always reap.
+deliveries and pushed to each client (`_deliver`: straight to its socket when it takes data, else
+into its bounded outbox); while any outbox is full the child's output is paused, so the child is
+slowed through its pipe and nothing is dropped. Client messages go the other way through
+`from_client` (as parsed, under the CLI) or `send_to_child` (through ASGI), and stop reading the
+client while the child's input is full. `run` owns the child's whole life: spawn, attach, wait for
+exit or stop, always reap.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from app.child import Channel, Child, LogLines, describe_exit, drain_to, open_pipes
+from app.child import Channel, Child, describe_exit
 from app.clients import Client
 from app.messages import Delivery, InputEncoder, OutputDecoder, ProtocolError
 from app.senders import Disconnected, Sender
@@ -265,27 +267,16 @@ class Room:
         return env
 
     async def _spawn(self) -> Child:
-        tcp = self.settings.tcp
-        # With --tcp the socket is the message path: stdin is /dev/null, and stdout is only logged.
-        stdin_r, stdin_w = (os.open(os.devnull, os.O_RDONLY), -1) if tcp else os.pipe()
-        stdout_r, stdout_w = os.pipe()
-        stderr_r, stderr_w = os.pipe()
-        try:
-            child = Child.spawn(self.settings.cmd, self.settings.args, self._environment(), stdin_r, stdout_w, stderr_w)
-        except OSError:
-            for fd in (stdin_r, stdin_w, stdout_r, stdout_w, stderr_r, stderr_w):
-                if fd >= 0:
-                    os.close(fd)
-            raise
-        for fd in (stdin_r, stdout_w, stderr_w):
-            os.close(fd)
-        stderr = LogLines(self.name, child.pid)
-        self._stderr = await drain_to(stderr_r, stderr, stderr.close)
-        if tcp:
-            stdout = LogLines(self.name, child.pid, "stdout")
-            self._stdout = await drain_to(stdout_r, stdout, stdout.close)  # always drained: never a full pipe
-        else:
-            self._channel = await open_pipes(stdin_w, stdout_r, self._on_output, self._on_output_end)
+        child, self._channel = await Child.start(
+            self.settings.cmd,
+            self.settings.args,
+            self._environment(),
+            label=self.name,
+            stdio=not self.settings.tcp,  # with --tcp the socket is the message path
+            on_data=self._on_output,
+            on_eof=self._on_output_end,
+        )
+        if self._channel is not None:
             self._channel.on_resume(self._resume_readers)
         return child
 
