@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 __all__ = [
     "BINARY",
@@ -141,9 +140,11 @@ _HEADER_SIZE = HEADER.size
 _unpack_header = HEADER.unpack_from
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One gwsocket frame: client id (0 = every client of the room), type (TEXT, BINARY, or unknown), payload."""
+class Frame(NamedTuple):
+    """One gwsocket frame: client id (0 = every client of the room), type (TEXT, BINARY, or unknown), payload.
+
+    A NamedTuple rather than a frozen dataclass: built once per frame on the hot path, it is 2-3x cheaper.
+    """
 
     client_id: int
     type: int

@@ -31,6 +31,11 @@ def valid_text(lines: list[bytes]) -> list[bytes]:
     return lines
 
 
+def _plain(data: bytes) -> bool:
+    """ASCII, with no "id" key and no \\u escape that could spell one: json routing can skip it."""
+    return data.isascii() and data.find(b'"id"') < 0 and data.find(b"\\u") < 0
+
+
 def group(deliveries: list[tuple[int | None, int, bytes]]) -> list[Delivery]:
     """Merge runs of messages with the same target and kind into one batch each, keeping order."""
     out: list[Delivery] = []
@@ -65,6 +70,7 @@ class OutputDecoder:
         self._lines = framing.LineSplitter(settings.max_message_size)
         self._frames = framing.FrameDecoder(settings.max_message_size)
         self._tail_ascii = True  # the unterminated line so far is ASCII
+        self._at_line_start = True  # the last read ended with a newline (json framing)
         if self._mode is FrameMode.binary:
             self.feed = self._feed_frames  # type: ignore[method-assign]
         elif self._mode is FrameMode.json:
@@ -110,7 +116,20 @@ class OutputDecoder:
         return [(None, Batch(BINARY, [data[i : i + self._limit] for i in range(0, len(data), self._limit)]))]
 
     def _feed_json(self, data: bytes) -> list[Delivery]:
-        return self._route_json(self._lines.feed(data))
+        lines = self._lines.feed(data)
+        # Every completed line lies wholly inside this read only if the previous read ended a line.
+        whole = self._at_line_start
+        self._at_line_start = data.endswith(b"\n")
+        if lines and not self._lines.oversized and _plain(data):
+            # No line of this read can carry an "id" (and all are ASCII): one broadcast batch. Only a
+            # line begun in an earlier read needs routing on its own.
+            if whole:
+                return [(None, Batch(self._opcode, lines))]
+            out = self._route_json(lines[:1])
+            if len(lines) > 1:
+                out.append((None, Batch(self._opcode, lines[1:])))
+            return out
+        return self._route_json(lines)
 
     def _route_json(self, lines: list[bytes]) -> list[Delivery]:
         if not lines:
@@ -131,13 +150,14 @@ class OutputDecoder:
     @staticmethod
     def frames_to_deliveries(frames: list[framing.Frame]) -> list[Delivery]:
         out: list[tuple[int | None, int, bytes]] = []
-        for frame in frames:
-            if frame.type == framing.TEXT:
-                out.append((frame.client_id or None, TEXT, valid_text([frame.payload])[0]))
-            elif frame.type == framing.BINARY:
-                out.append((frame.client_id or None, BINARY, frame.payload))
+        append = out.append
+        for client_id, kind, payload in frames:
+            if kind == framing.TEXT:
+                append((client_id or None, TEXT, payload if payload.isascii() else valid_text([payload])[0]))
+            elif kind == framing.BINARY:
+                append((client_id or None, BINARY, payload))
             else:
-                log.warning("skipping gwsocket frame of unknown type", extra={"type": frame.type})
+                log.warning("skipping gwsocket frame of unknown type", extra={"type": kind})
         return group(out)
 
     def _warn_oversized(self) -> None:

@@ -492,3 +492,27 @@ def test_stamp_rejects_non_objects(value: Any, client_id: int) -> None:
 def test_route_never_raises(line: bytes) -> None:
     target = route(line)
     assert target is None or target >= 0
+
+
+def test_json_routing_sees_an_id_split_across_reads() -> None:
+    from app.messages import OutputDecoder
+    from tests.conftest import child_settings
+
+    decoder = OutputDecoder(child_settings("echo", frame="json"))
+    first = decoder.feed(b'{"m": 1}\n{"i')  # the key "id" is cut in two by the pipe
+    assert [(target, batch.payloads) for target, batch in first] == [(None, [b'{"m": 1}'])]
+    deliveries = decoder.feed(b'd": 3}\n{"x": 2}\n')
+    assert [(target, batch.payloads) for target, batch in deliveries] == [(3, [b'{"id": 3}']), (None, [b'{"x": 2}'])]
+
+
+def test_json_routing_of_a_line_begun_in_an_earlier_read() -> None:
+    from app.messages import OutputDecoder
+    from tests.conftest import child_settings
+
+    decoder = OutputDecoder(child_settings("echo", frame="json"))
+    assert decoder.feed(b'{"id": 2, "a') == []
+    deliveries = decoder.feed(b'": 1}\n1\n2\n')  # the rest of the read is plain: one broadcast batch
+    assert [(target, batch.payloads) for target, batch in deliveries] == [
+        (2, [b'{"id": 2, "a": 1}']),
+        (None, [b"1", b"2"]),
+    ]
