@@ -25,7 +25,7 @@ for line in sys.stdin:
     if kind == "join":
         names[sender] = f"guest{sender}"
         # private: only the joining client learns its own id and who is here
-        send({"id": sender, "type": "welcome", "you": names[sender], "here": sorted(names.values())})
+        send({"id": sender, "type": "welcome", "you": names[sender], "here": list(names.values())})  # join order
         send({"type": "joined", "name": names[sender]})  # broadcast
     elif kind == "leave":
         send({"type": "left", "name": names.pop(sender, f"guest{sender}")})
