@@ -1,9 +1,10 @@
 """Routes: thin endpoints — the room websocket, /health — over the state that `create_app` builds.
 
 A websocket connection is its handler task, the reader (the only caller of `receive`), which carries
-client messages to the room; output reaches the socket directly from the room, or through a writer
-task in the connection's task group while the socket is backed up. When the reader ends, the
-writer is cancelled and the client leaves its room.
+client messages to the room (under the CLI's RoomProtocol they go straight from the read callback
+once the client is attached, and `receive` only sees the disconnect). Output reaches the socket
+directly from the room, or, while the socket is backed up, through a writer task in the server's
+task group. When the reader ends, the writer is cancelled and the client leaves its room.
 """
 
 from __future__ import annotations
