@@ -58,7 +58,6 @@ class Room:
         self.port = port  # --tcp: lent by Rooms, returned when run() is done
         self.clients: dict[int, Client] = {}
         self.child: Child | None = None
-        self.started_at = 0.0
         self.started = time.time()  # wall clock, for /<room>/stats and the metrics' `_created`
         self.joins = 0  # clients that ever joined (the connections_total metric)
         self.messages_in = 0  # client messages written to the child
@@ -282,7 +281,6 @@ class Room:
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Spawn the child, serve the room until the child exits or the room stops, then reap."""
-        self.started_at = anyio.current_time()
         try:
             async with anyio.create_task_group() as self._tg:
                 try:
