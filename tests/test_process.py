@@ -92,6 +92,8 @@ async def run(argv: list[str], env: dict[str, str] | None = None) -> AsyncIterat
             with anyio.move_on_after(TIMEOUT):
                 await process.wait()
             tg.cancel_scope.cancel()
+    with anyio.CancelScope(shield=True):
+        await process.aclose()  # its stderr pipe too, not left to the garbage collector
 
 
 def scalesocket(*options: str, mode: str = "echo", args: tuple[str, ...] = ()) -> list[str]:
