@@ -20,6 +20,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from app.metrics import HttpMetrics, Metrics
+from app.process import Spawner
 from app.rooms import Rooms
 from app.routes import FastPath, State, bad_path, health, room_socket
 from app.settings import Settings
@@ -44,8 +45,9 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        async with anyio.create_task_group() as tg:
-            rooms = Rooms(tg, settings)
+        # The spawner outlives the task group: every room's run reaps its child through it.
+        async with Spawner.running() as spawner, anyio.create_task_group() as tg:
+            rooms = Rooms(tg, settings, spawner)
             app.state.rooms = rooms
             if metrics is not None:
                 metrics.attach(rooms)

@@ -1,12 +1,11 @@
-"""Child: spawn one wrapped program, carry bytes to and from it, and stop it for sure.
+"""Child: start one wrapped program with its pipes, and carry bytes to and from it.
 
 Knows nothing of websockets or rooms. The message path to a child is a `Channel`: its stdio
 pipes, or in TCP mode one socket (`SocketProtocol`; app.tcp connects it). Output arrives by
 callback (`on_data`/`on_eof`), so the owner decides what a chunk means; `pause_output` is the
 backpressure lever (a paused pipe or socket fills and slows the child, as under websocketd).
-Spawning goes through `os.posix_spawn` (vfork: the server's memory is never copied, and it works
-the same under uvloop), and the exit is watched through a pidfd, which fires even while a
-grandchild still holds stdout open.
+The process itself (spawn, exit status, stop sequence) is app.process's `Child`, started through
+the spawner helper so that the event loop never waits for a vfork.
 """
 
 from __future__ import annotations
@@ -17,17 +16,10 @@ import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
 
-import anyio
-
 from app.framing import LineSplitter
+from app.process import Child, Spawner
 
 log = logging.getLogger("scalesocket.child")
-
-# Signals Python itself ignores; a child must start with their default actions (as subprocess does).
-_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
-# Between closing stdin and SIGTERM: a well-behaved child (cat, a line-reading script) exits by
-# itself on EOF, after reading what we wrote last (the leave message), as websocketd allows too.
-STDIN_GRACE = 0.1
 
 
 class _Reader(asyncio.Protocol):
@@ -184,117 +176,39 @@ async def drain_to(fd: int, on_data: Callable[[bytes], None], on_eof: Callable[[
     return transport
 
 
-class Child:
-    """One running program in a session of its own (so its whole group can be killed)."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-        self.exited = anyio.Event()
-        self.on_exit: Callable[[], None] = lambda: None
-        self._pidfd = os.pidfd_open(pid)
-        asyncio.get_running_loop().add_reader(self._pidfd, self._reap)
-
-    @classmethod
-    def spawn(
-        cls, path: str, args: Sequence[str], env: Mapping[str, str], stdin: int, stdout: int, stderr: int
-    ) -> Child:
-        """Start `path args...` with exactly `env` and the given descriptors as fds 0, 1, 2."""
-        pid = os.posix_spawn(
-            path,
-            [path, *args],
-            dict(env),
-            file_actions=[
-                (os.POSIX_SPAWN_DUP2, stdin, 0),
-                (os.POSIX_SPAWN_DUP2, stdout, 1),
-                (os.POSIX_SPAWN_DUP2, stderr, 2),
-            ],
-            setsid=True,
-            setsigdef=_RESET_SIGNALS,
-            setsigmask=(),
-        )
-        return cls(pid)
-
-    @classmethod
-    async def start(
-        cls,
-        path: str,
-        args: Sequence[str],
-        env: Mapping[str, str],
-        *,
-        label: str,
-        stdio: bool,
-        on_data: Callable[[bytes], None],
-        on_eof: Callable[[], None],
-    ) -> tuple[Child, Channel | None]:
-        """Spawn with fresh pipes; stderr is logged. With `stdio` the child's stdin and stdout are the
-        returned channel; otherwise stdin is /dev/null and stdout is logged too (the caller connects)."""
-        stdin_r, stdin_w = os.pipe() if stdio else (os.open(os.devnull, os.O_RDONLY), -1)
-        stdout_r, stdout_w = os.pipe()
-        stderr_r, stderr_w = os.pipe()
-        try:
-            child = cls.spawn(path, args, env, stdin_r, stdout_w, stderr_w)
-        except OSError:
-            for fd in (stdin_w, stdout_r, stderr_r):
-                if fd >= 0:
-                    os.close(fd)
-            raise
-        finally:
-            for fd in (stdin_r, stdout_w, stderr_w):  # the child's ends: it has its own copies now
+async def start_child(
+    spawner: Spawner,
+    path: str,
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    label: str,
+    stdio: bool,
+    on_data: Callable[[bytes], None],
+    on_eof: Callable[[], None],
+) -> tuple[Child, Channel | None]:
+    """Spawn with fresh pipes; stderr is logged. With `stdio` the child's stdin and stdout are the
+    returned channel; otherwise stdin is /dev/null and stdout is logged too (the caller connects)."""
+    stdin_r, stdin_w = os.pipe() if stdio else (os.open(os.devnull, os.O_RDONLY), -1)
+    stdout_r, stdout_w = os.pipe()
+    stderr_r, stderr_w = os.pipe()
+    try:
+        child = await spawner.spawn(path, args, env, stdin_r, stdout_w, stderr_w)
+    except BaseException:
+        for fd in (stdin_w, stdout_r, stderr_r):
+            if fd >= 0:
                 os.close(fd)
-        stderr = LogLines(label, child.pid)
-        await drain_to(stderr_r, stderr, stderr.close)
-        if stdio:
-            return child, await open_pipes(stdin_w, stdout_r, on_data, on_eof)
-        stdout = LogLines(label, child.pid, "stdout")
-        await drain_to(stdout_r, stdout, stdout.close)  # always drained: a full pipe would block the child
-        return child, None
-
-    def _reap(self) -> None:
-        try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:  # reaped elsewhere: nothing more to learn
-            pid, status = self.pid, 0
-        if pid == 0:
-            return
-        asyncio.get_running_loop().remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        self.returncode = os.waitstatus_to_exitcode(status)
-        # Grandchildren die with the child: otherwise they keep its stdout open and EOF never comes.
-        self.kill_group()
-        self.exited.set()
-        self.on_exit()
-
-    def kill_group(self) -> None:
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def signal(self, sig: int) -> None:
-        if self.returncode is None:
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    async def stop(self, channel: Channel | None, grace: float) -> None:
-        """Close stdin, SIGTERM, and after `grace` SIGKILL the group; returns once reaped."""
-        if channel is not None:
-            channel.close_input()
-        if self.returncode is not None:
-            return  # already reaped (and its group killed)
-        with anyio.CancelScope(shield=True):  # runs during cancellation too: never leave a child behind
-            with anyio.move_on_after(STDIN_GRACE):
-                await self.exited.wait()
-            if self.returncode is None:
-                self.signal(signal.SIGTERM)
-                with anyio.move_on_after(grace):
-                    await self.exited.wait()
-            if self.returncode is None:
-                log.warning("child ignored SIGTERM, killing its process group", extra={"pid": self.pid})
-                self.kill_group()
-                await self.exited.wait()
+        raise
+    finally:
+        for fd in (stdin_r, stdout_w, stderr_w):  # the child's ends: the spawner passed it copies
+            os.close(fd)
+    stderr = LogLines(label, child.pid)
+    await drain_to(stderr_r, stderr, stderr.close)
+    if stdio:
+        return child, await open_pipes(stdin_w, stdout_r, on_data, on_eof)
+    stdout = LogLines(label, child.pid, "stdout")
+    await drain_to(stdout_r, stdout, stdout.close)  # always drained: a full pipe would block the child
+    return child, None
 
 
 def describe_exit(code: int) -> str:

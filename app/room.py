@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from app.child import Channel, Child, describe_exit
+from app.child import Channel, describe_exit, start_child
 from app.clients import Client
 from app.messages import Delivery, InputEncoder, OutputDecoder, ProtocolError
+from app.process import Child
 from app.senders import Disconnected, Sender
 from app.settings import Settings
 from app.tcp import connect_channel
@@ -266,7 +267,8 @@ class Room:
         return env
 
     async def _spawn(self) -> Child:
-        child, self._channel = await Child.start(
+        child, self._channel = await start_child(
+            self._rooms.spawner,
             self.settings.cmd,
             self.settings.args,
             self._environment(),

@@ -20,6 +20,7 @@ from starlette.status import WS_1013_TRY_AGAIN_LATER
 
 from app.child import shell_status
 from app.clients import Client
+from app.process import Spawner
 from app.room import GOING_AWAY, Room
 from app.settings import Settings
 from app.tcp import PortPool, PortsExhausted
@@ -40,8 +41,9 @@ class Refused(Exception):
 
 
 class Rooms:
-    def __init__(self, tg: anyio.abc.TaskGroup, settings: Settings) -> None:
+    def __init__(self, tg: anyio.abc.TaskGroup, settings: Settings, spawner: Spawner) -> None:
         self.settings = settings
+        self.spawner = spawner  # every room's child is started (and reaped) through it
         self.live: dict[str, Room] = {}  # rooms a new client may join
         self.running: set[Room] = set()  # every room whose run() has not returned, dying ones too
         self.slow_clients = 0  # clients closed with 1008, server-wide

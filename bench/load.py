@@ -469,7 +469,7 @@ async def idle_memory(ctx: Ctx) -> Result:
     s = ctx.spec
     rooms = [i // s.per_room for i in range(s.clients)]
     n_rooms = rooms[-1] + 1
-    idle_server = procs.pss_kb(s.server_pid) or 0
+    idle_server = server_pss(s.server_pid)
 
     class Idle(Conn):
         def __init__(self) -> None:
@@ -492,8 +492,8 @@ async def idle_memory(ctx: Ctx) -> Result:
         c.inbox.done() and not c.inbox.cancelled() and c.inbox.result() == b"ping-%d" % r for r, c in senders.items()
     )
     await asyncio.sleep(s.settle_s)
-    kids = procs.descendants(s.server_pid)
-    server = procs.pss_kb(s.server_pid) or 0
+    kids = procs.children(s.server_pid)
+    server = server_pss(s.server_pid)
     children = sum(procs.pss_kb(k) or 0 for k in kids)
     still_open = sum(c is not None and not c.closed.done() for c in conns)
     early = early_closes(conns, lambda c: not c.closed.done())
@@ -528,15 +528,19 @@ WORKLOADS: dict[str, Callable[[Ctx], Coroutine[Any, Any, Result]]] = {
 }
 
 
+def server_pss(server_pid: int) -> int:
+    return sum(procs.pss_kb(pid) or 0 for pid in procs.server_processes(server_pid))
+
+
 async def children_gone(server_pid: int) -> dict[str, float]:
     """After every client left, a server must end its children: poll /proc (there is no event to
     wait for) for at most 5 s and report how many are left."""
     t0 = perf()
     for _ in range(100):
-        if not procs.descendants(server_pid):
+        if not procs.children(server_pid):
             break
         await asyncio.sleep(0.05)
-    return {"children_left": len(procs.descendants(server_pid)), "children_gone_s": round(perf() - t0, 3)}
+    return {"children_left": len(procs.children(server_pid)), "children_gone_s": round(perf() - t0, 3)}
 
 
 async def run(spec: Spec) -> Result:

@@ -129,28 +129,37 @@ def alive(pid: int) -> bool:
         return False
 
 
-def own_children() -> list[str]:
-    """Live processes whose parent is this test process (children it spawned and has not reaped)."""
-    me = str(os.getpid())
-    found = []
+def own_descendants() -> dict[str, str]:
+    """Live processes descended from this test process: its children (the spawner helper of an
+    in-process server, real servers) and theirs (rooms' children, reaped by the helper)."""
+    parents: dict[str, tuple[str, str]] = {}  # pid -> (parent pid, "pid name state")
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            fields = stat.rsplit(") ", 1)[1].split()
-            if fields[1] == me:  # fields: state, ppid, ...
-                found.append(f"{entry.name} {stat.split(' (', 1)[1].split(')')[0]} {fields[0]}")
+            fields = stat.rsplit(") ", 1)[1].split()  # fields: state, ppid, ...
+            parents[entry.name] = (fields[1], f"{entry.name} {stat.split(' (', 1)[1].split(')')[0]} {fields[0]}")
+    ours = {str(os.getpid())}
+    found: dict[str, str] = {}  # pid -> "pid name state"
+    grew = True
+    while grew:  # a process's parent may come later in /proc's order: repeat until nothing joins
+        grew = False
+        for pid, (ppid, label) in parents.items():
+            if ppid in ours and pid not in ours:
+                ours.add(pid)
+                found[pid] = label
+                grew = True
     return found
 
 
 @pytest.fixture(autouse=True)
 def no_leaked_processes() -> Iterator[None]:
-    """Every test leaves no child process behind: none alive, none a zombie (SPEC §3)."""
-    before = set(own_children())
+    """Every test leaves no process behind, however deep: none alive, none a zombie (SPEC §3)."""
+    before = set(own_descendants())
     yield
     deadline = time.monotonic() + TIMEOUT
-    while (left := set(own_children()) - before) and time.monotonic() < deadline:
+    while (left := own_descendants()).keys() - before and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert not left, f"processes left behind: {left}"
+    assert not left.keys() - before, f"processes left behind: {[left[pid] for pid in left.keys() - before]}"

@@ -9,7 +9,7 @@ from tests.conftest import child_settings
 
 
 def rooms() -> Rooms:
-    return Rooms(cast(Any, None), child_settings("echo"))  # next_id needs no task group
+    return Rooms(cast(Any, None), child_settings("echo"), cast(Any, None))  # next_id needs no task group or spawner
 
 
 def test_ids_count_up_from_one() -> None:

@@ -101,11 +101,12 @@ class Cluster:
         return connect(self.url + path, additional_headers=headers, open_timeout=TIMEOUT, local_addr=(CLIENT_HOST, 0))
 
     def instance_of(self, pid: int) -> Proc:
-        """The instance whose child `pid` is."""
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        (owner,) = [proc for proc in self.instances if proc.process.pid == ppid]
-        return owner
+        """The instance that started `pid` (through its spawner helper: the child's grandparent)."""
+        by_pid = {proc.process.pid: proc for proc in self.instances}
+        while pid > 1 and pid not in by_pid:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
+        return by_pid[pid]
 
 
 @asynccontextmanager

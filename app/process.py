@@ -1,0 +1,277 @@
+"""Child processes as the server sees them: `Spawner`, its side of the spawner helper process
+(app/spawner.py), and `Child`, one running program with its exit status and its stop sequence.
+
+The server never forks or reaps: it sends a spawn request (with the stdio descriptors) and goes
+on serving; the helper answers with the pid, and later with the exit status, after it has killed
+the child's group. Signals go through the helper too, which knows for sure whether a pid is still
+its unreaped child. The app's lifespan owns the one `Spawner`: it starts the helper with the app
+and closes it after every room has stopped. If the helper dies anyway, the next spawn starts a
+new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from app import spawner
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from app.child import Channel
+
+log = logging.getLogger("scalesocket.child")
+
+# Between closing stdin and SIGTERM: a well-behaved child (cat, a line-reading script) exits by
+# itself on EOF, after reading what we wrote last (the leave message), as websocketd allows too.
+STDIN_GRACE = 0.1
+HELPER_EXIT_TIMEOUT = 5.0  # for the helper to reap what is left and exit once its socket closes
+
+
+class Child:
+    """One running program, in a session of its own (so its whole group can be killed)."""
+
+    def __init__(self, pid: int, spawner: Spawner) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        # asyncio's Event, not anyio's: it is set from the spawner's socket callback, outside any task.
+        self.exited = asyncio.Event()
+        self.on_exit: Callable[[], None] = lambda: None
+        self._spawner = spawner
+
+    def signal(self, sig: int) -> None:
+        if self.returncode is None:
+            self._spawner.signal(self.pid, sig, group=False)
+
+    def kill_group(self) -> None:
+        if self.returncode is None:
+            self._spawner.signal(self.pid, signal.SIGKILL, group=True)
+
+    def reaped(self, code: int) -> None:
+        """The helper reaped it (its group already killed): `code` as `os.waitstatus_to_exitcode`."""
+        if self.returncode is None:
+            self.returncode = code
+            self.exited.set()
+            self.on_exit()
+
+    async def stop(self, channel: Channel | None, grace: float) -> None:
+        """Close stdin, SIGTERM, and after `grace` SIGKILL the group; returns once reaped."""
+        if channel is not None:
+            channel.close_input()
+        if self.returncode is not None:
+            return  # already reaped (and its group killed)
+        with anyio.CancelScope(shield=True):  # runs during cancellation too: never leave a child behind
+            with anyio.move_on_after(STDIN_GRACE):
+                await self.exited.wait()
+            if self.returncode is None:
+                self.signal(signal.SIGTERM)
+                with anyio.move_on_after(grace):
+                    await self.exited.wait()
+            if self.returncode is None:
+                log.warning("child ignored SIGTERM, killing its process group", extra={"pid": self.pid})
+                self.kill_group()
+                await self.exited.wait()
+
+
+class Spawner:
+    """The server's end of the spawner helper: spawn requests out, pids and exit statuses back."""
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._helper_pid = 0
+        self._pending: deque[asyncio.Future[Child]] = deque()  # spawn requests sent, in order
+        self._children: dict[int, Child] = {}  # started and not yet reported reaped
+        self._helpers_exited: dict[int, asyncio.Event] = {}
+
+    @classmethod
+    @asynccontextmanager
+    async def running(cls) -> AsyncIterator[Spawner]:
+        """A spawner for the app's lifetime: the helper starts now (not at the first client) and,
+        on the way out, is told to finish and waited for."""
+        self = cls()
+        self._connect()
+        try:
+            yield self
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._close()
+
+    async def spawn(
+        self, path: str, args: Sequence[str], env: Mapping[str, str], stdin: int, stdout: int, stderr: int
+    ) -> Child:
+        """Start `path args...` with exactly `env` and the given descriptors as its fds 0, 1, 2."""
+        request = spawner.encode({"op": "spawn", "path": path, "args": list(args), "env": dict(env)})
+        if len(request) > spawner.MAX_MESSAGE:
+            raise OSError(errno.E2BIG, os.strerror(errno.E2BIG))
+        sock = self._connect()
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                socket.send_fds(sock, [request], [stdin, stdout, stderr])
+                break
+            except BlockingIOError:  # the helper has its hands full: wait for room in its queue
+                await _writable(loop, sock)
+            except OSError as error:
+                self._lost(f"cannot reach it: {error}")
+                raise OSError(errno.EPIPE, "the spawner process is gone") from error
+            if self._sock is not sock:
+                raise OSError(errno.EPIPE, "the spawner process is gone")
+        started: asyncio.Future[Child] = loop.create_future()
+        self._pending.append(started)
+        return await started  # if cancelled, the dispatcher kills what was started for nobody
+
+    def signal(self, pid: int, sig: int, *, group: bool) -> None:
+        if self._sock is not None:
+            self._send({"op": "signal", "pid": pid, "sig": int(sig), "group": group})
+
+    # --- the helper process ------------------------------------------------------------------
+
+    def _connect(self) -> socket.socket:
+        """The socket to the helper, starting the helper if there is none."""
+        if self._sock is not None:
+            return self._sock
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            script = str(Path(spawner.__file__).resolve())
+            pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-I", "-S", script, "3"],  # only the standard library: no site, no env
+                {},
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
+                ],
+                setsigmask=(),
+            )
+        ours.setblocking(False)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(ours, self._received)
+        self._sock, self._helper_pid = ours, pid
+        exited = self._helpers_exited[pid] = asyncio.Event()
+        pidfd = os.pidfd_open(pid)
+
+        def reap() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            _, status = os.waitpid(pid, 0)
+            del self._helpers_exited[pid]
+            exited.set()
+            if self._helper_pid == pid:  # not told to finish: it died
+                self._lost(f"it exited with status {os.waitstatus_to_exitcode(status)}")
+
+        loop.add_reader(pidfd, reap)
+        return ours
+
+    async def _close(self) -> None:
+        """Tell the helper to finish (it kills and reaps whatever is left) and wait until it has."""
+        pid = self._helper_pid
+        exited = self._helpers_exited.get(pid)
+        self._disconnect()
+        for child in list(self._children.values()):  # nothing should be left; if it is, it's killed
+            child.reaped(-signal.SIGKILL)
+        if exited is None:
+            return
+        with anyio.move_on_after(HELPER_EXIT_TIMEOUT):
+            await exited.wait()
+        if not exited.is_set():
+            log.error("spawner process did not exit, killing it", extra={"pid": pid})
+            os.kill(pid, signal.SIGKILL)
+            await exited.wait()
+
+    def _disconnect(self) -> None:
+        sock, self._sock, self._helper_pid = self._sock, None, 0
+        if sock is not None:
+            asyncio.get_running_loop().remove_reader(sock)
+            sock.close()
+        while self._pending:
+            future = self._pending.popleft()
+            if not future.done():
+                future.set_exception(OSError(errno.EPIPE, "the spawner process is gone"))
+
+    def _lost(self, why: str) -> None:
+        """The helper died: its children are orphans now. Kill them and report them gone."""
+        if self._sock is None:
+            return
+        log.error("spawner process lost: %s", why, extra={"pid": self._helper_pid})
+        self._disconnect()
+        for pid, child in list(self._children.items()):
+            try:
+                os.killpg(pid, signal.SIGKILL)  # a last resort: nobody can reap it for us any more
+            except (ProcessLookupError, PermissionError):
+                pass
+            child.reaped(-signal.SIGKILL)
+        self._children.clear()
+
+    # --- messages ----------------------------------------------------------------------------
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.send(spawner.encode(message))
+        except BlockingIOError:
+            # A signal is tiny and the queue holds few requests; if it is full, drop the signal
+            # rather than block: the stop sequence escalates to SIGKILL on its own timer.
+            log.warning("spawner busy, signal not sent", extra={"pid": message.get("pid")})
+        except OSError as error:
+            self._lost(f"cannot reach it: {error}")
+
+    def _received(self) -> None:
+        sock = self._sock
+        while sock is not None and sock is self._sock:
+            try:
+                data = sock.recv(spawner.MAX_MESSAGE)
+            except BlockingIOError:
+                return
+            except OSError as error:
+                self._lost(f"cannot read from it: {error}")
+                return
+            if not data:
+                self._lost("it closed its socket")
+                return
+            self._dispatch(spawner.decode(data))
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        op = message["op"]
+        if op == "exited":
+            child = self._children.pop(message["pid"], None)
+            if child is not None:
+                child.reaped(message["code"])
+            return
+        future = self._pending.popleft()
+        if op == "failed":
+            if not future.cancelled():
+                future.set_exception(OSError(message["errno"], message["error"]))
+            return
+        # Registered here, not when the spawning task resumes: its exit may be the next message.
+        child = self._children[message["pid"]] = Child(message["pid"], self)
+        if future.cancelled():  # its room stopped while the spawn was in flight
+            child.kill_group()
+        else:
+            future.set_result(child)
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(sock, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_writer(sock)

@@ -1,0 +1,99 @@
+"""The spawner helper (app/spawner.py): children start, exit, and are stopped through it, and
+nothing outlives it — whether the server closes it, the helper dies, or the server is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import anyio
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from app import spawner
+from tests.conftest import Serve, alive, child_settings, recv, recv_text, wait_gone
+from tests.test_process import run, scalesocket
+
+pytestmark = pytest.mark.anyio
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+
+async def ready_pid(ws: object) -> int:
+    line = await recv_text(ws)  # type: ignore[arg-type]
+    assert line.startswith("ready "), line
+    return int(line.split()[1])
+
+
+def test_messages_round_trip() -> None:
+    message = {"op": "spawn", "path": "/bin/cat", "args": ["-u"], "env": {"A": "é", "B": "\udcff"}}
+    assert spawner.decode(spawner.encode(message)) == message  # undecodable env bytes survive too
+    with pytest.raises(ValueError):
+        spawner.decode(b"[1]")
+
+
+async def test_children_are_started_by_the_helper(server: Serve) -> None:
+    async with server(child_settings("echo")) as s, s.connect("/r") as ws:
+        pid = await ready_pid(ws)
+        helper = parent_of(pid)
+        assert cmdline(helper)[-2].endswith("app/spawner.py")
+        await ws.send("hi")
+        assert await recv(ws) == "hi"
+
+
+async def test_more_rooms_at_once_than_the_helper_queue_holds(server: Serve) -> None:
+    # The kernel queues 10 datagrams per socket by default: 30 simultaneous spawns make the server
+    # wait for room in the queue, and every room must still get its own child.
+    async with server(child_settings("echo")) as s:
+        pids: dict[int, int] = {}
+
+        async def join(i: int) -> None:
+            async with s.connect(f"/r{i}") as ws:
+                pids[i] = await ready_pid(ws)
+                await ws.send(f"m{i}")
+                assert await recv(ws) == f"m{i}"
+
+        async with anyio.create_task_group() as tg:
+            for i in range(30):
+                tg.start_soon(join, i)
+        assert len(set(pids.values())) == 30
+
+
+async def test_a_dead_helper_ends_its_rooms_and_the_next_room_gets_a_new_one(server: Serve) -> None:
+    # The child ignores SIGTERM and stdin's end: only the server's last-resort SIGKILL ends it.
+    async with server(child_settings("ignore-term")) as s:
+        async with s.connect("/a") as ws:
+            pid = await ready_pid(ws)
+            helper = parent_of(pid)
+            os.kill(helper, signal.SIGKILL)
+            with pytest.raises(ConnectionClosed) as closed:
+                await recv(ws)
+            assert closed.value.rcvd is not None
+            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1011, "process killed by signal SIGKILL")
+            await wait_gone(pid)
+        async with s.connect("/b") as ws:
+            pid = await ready_pid(ws)
+            assert parent_of(pid) != helper
+            assert cmdline(parent_of(pid))[-2].endswith("app/spawner.py")
+
+
+async def test_killed_server_takes_its_children_and_theirs_with_it() -> None:
+    # The child exits at stdin's end, but its grandchild ignores that and SIGTERM: only the
+    # helper's group kill, when the server's socket closes, ends it.
+    async with run(scalesocket("--passenv=PATH", mode="grandchild")) as proc:
+        async with connect(proc.url + "/a") as ws:
+            line = await recv_text(ws)
+            pids = [int(pid) for pid in line.split()[1:]]
+            proc.process.kill()
+            await proc.wait_exit()
+            for pid in pids:
+                await wait_gone(pid)
+    assert not any(alive(pid) for pid in pids)
