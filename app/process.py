@@ -38,6 +38,7 @@ log = logging.getLogger("scalesocket.child")
 # Between closing stdin and SIGTERM: a well-behaved child (cat, a line-reading script) exits by
 # itself on EOF, after reading what we wrote last (the leave message), as websocketd allows too.
 STDIN_GRACE = 0.1
+KILL_RETRY = 1.0
 HELPER_EXIT_TIMEOUT = 5.0  # for the helper to reap what is left and exit once its socket closes
 
 
@@ -82,8 +83,10 @@ class Child:
                     await self.exited.wait()
             if self.returncode is None:
                 log.warning("child ignored SIGTERM, killing its process group", extra={"pid": self.pid})
+            while self.returncode is None:  # again each second: a signal the spawner missed is resent
                 self.kill_group()
-                await self.exited.wait()
+                with anyio.move_on_after(KILL_RETRY):
+                    await self.exited.wait()
 
 
 class Spawner:
@@ -124,7 +127,7 @@ class Spawner:
                 break
             except BlockingIOError:  # the helper has its hands full: wait for room in its queue
                 await _writable(loop, sock)
-            except OSError as error:
+            except ConnectionError as error:  # anything else (no buffer, too many fds) fails this spawn only
                 self._lost(f"cannot reach it: {error}")
                 raise OSError(errno.EPIPE, "the spawner process is gone") from error
             if self._sock is not sock:
@@ -221,12 +224,12 @@ class Spawner:
         assert self._sock is not None
         try:
             self._sock.send(spawner.encode(message))
-        except BlockingIOError:
-            # A signal is tiny and the queue holds few requests; if it is full, drop the signal
-            # rather than block: the stop sequence escalates to SIGKILL on its own timer.
-            log.warning("spawner busy, signal not sent", extra={"pid": message.get("pid")})
-        except OSError as error:
+        except ConnectionError as error:
             self._lost(f"cannot reach it: {error}")
+        except OSError as error:
+            # A full queue (it holds 10 requests) or no buffer: drop the signal rather than block.
+            # The stop sequence escalates to SIGKILL of the group on its own timer, and sends it again.
+            log.warning("signal not sent to the spawner: %s", error, extra={"pid": message.get("pid")})
 
     def _received(self) -> None:
         sock = self._sock

@@ -24,6 +24,7 @@ the standard library, so it starts in milliseconds and holds a few MB.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import selectors
@@ -32,7 +33,9 @@ import socket
 import sys
 from typing import Any
 
-MAX_MESSAGE = 256 * 1024  # a request is argv + environment: far below this in practice
+# A request is argv + environment; one datagram must fit the socket's default send buffer (about
+# 208 KiB). Linux itself caps a single argument or variable at 128 KiB.
+MAX_MESSAGE = 128 * 1024
 # Signals Python itself ignores; a child must start with their default actions (as subprocess does).
 RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
@@ -100,10 +103,13 @@ class Spawner:
     def spawn(self, message: dict[str, Any], fds: list[int]) -> None:
         try:
             if len(fds) != 3:
-                raise OSError(0, f"expected 3 descriptors, got {len(fds)}")
+                raise OSError(errno.EINVAL, f"expected 3 descriptors, got {len(fds)}")
             pid = spawn(message["path"], message["args"], message["env"], fds)
         except OSError as error:
             self.send({"op": "failed", "errno": error.errno or 0, "error": error.strerror or str(error)})
+            return
+        except (KeyError, TypeError, ValueError) as error:  # a malformed request (a NUL in a variable)
+            self.send({"op": "failed", "errno": errno.EINVAL, "error": f"bad spawn request: {error}"})
             return
         pidfd = os.pidfd_open(pid)
         self.pidfds[pid] = pidfd

@@ -97,3 +97,36 @@ async def test_killed_server_takes_its_children_and_theirs_with_it() -> None:
             for pid in pids:
                 await wait_gone(pid)
     assert not any(alive(pid) for pid in pids)
+
+
+async def test_a_command_removed_after_start_up_fails_its_room_with_the_reason(server: Serve, tmp_path: Path) -> None:
+    script = tmp_path / "prog"
+    script.write_text("#!/bin/sh\nexec cat\n")
+    script.chmod(0o755)
+    settings = child_settings("unused").model_copy(update={"cmd": str(script), "args": []})
+    async with server(settings) as s:
+        script.unlink()
+        for room in ("/a", "/b"):  # the helper lives on: each new room tries again, and says why
+            async with s.connect(room) as ws:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await recv(ws)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+                assert closed.value.rcvd.reason == f"cannot start {script}: No such file or directory"
+
+
+async def test_an_environment_too_big_to_send_fails_the_room_not_the_server(
+    server: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with server(child_settings("echo", passenv=["BIG"])) as s, s.connect("/z") as z:
+        helper = parent_of(await ready_pid(z))
+        monkeypatch.setenv("BIG", "x" * (spawner.MAX_MESSAGE + 1))  # read as each room starts
+        async with s.connect("/a") as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                await recv(ws)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+            assert closed.value.rcvd.reason.endswith(": Argument list too long")
+        monkeypatch.delenv("BIG")
+        async with s.connect("/b") as ws:
+            assert parent_of(await ready_pid(ws)) == helper  # the same helper, untroubled
+        await z.send("still")
+        assert await recv(z) == "still"
