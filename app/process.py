@@ -98,6 +98,7 @@ class Spawner:
         self._pending: deque[asyncio.Future[Child]] = deque()  # spawn requests sent, in order
         self._children: dict[int, Child] = {}  # started and not yet reported reaped
         self._helpers_exited: dict[int, asyncio.Event] = {}
+        self._waiting_to_send: set[asyncio.Future[None]] = set()  # spawns waiting for room in the queue
 
     @classmethod
     @asynccontextmanager
@@ -126,11 +127,11 @@ class Spawner:
                 socket.send_fds(sock, [request], [stdin, stdout, stderr])
                 break
             except BlockingIOError:  # the helper has its hands full: wait for room in its queue
-                await _writable(loop, sock)
-            except ConnectionError as error:  # anything else (no buffer, too many fds) fails this spawn only
+                await self._writable(sock)
+            except ConnectionError as error:  # the helper is gone (any other error fails this spawn only)
                 self._lost(f"cannot reach it: {error}")
                 raise OSError(errno.EPIPE, "the spawner process is gone") from error
-            if self._sock is not sock:
+            if self._sock is not sock:  # lost while we waited
                 raise OSError(errno.EPIPE, "the spawner process is gone")
         started: asyncio.Future[Child] = loop.create_future()
         self._pending.append(started)
@@ -197,8 +198,11 @@ class Spawner:
     def _disconnect(self) -> None:
         sock, self._sock, self._helper_pid = self._sock, None, 0
         if sock is not None:
-            asyncio.get_running_loop().remove_reader(sock)
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(sock)
+            loop.remove_writer(sock)
             sock.close()
+        self._wake_senders()  # they see the socket gone, and fail their spawn
         while self._pending:
             future = self._pending.popleft()
             if not future.done():
@@ -217,6 +221,25 @@ class Spawner:
                 pass
             child.reaped(-signal.SIGKILL)
         self._children.clear()
+
+    async def _writable(self, sock: socket.socket) -> None:
+        """Wait until the helper's queue has room (or the helper is gone)."""
+        loop = asyncio.get_running_loop()
+        if not self._waiting_to_send:  # one callback for every waiter: add_writer keeps only one
+            loop.add_writer(sock, self._wake_senders)
+        ready: asyncio.Future[None] = loop.create_future()
+        self._waiting_to_send.add(ready)
+        try:
+            await ready
+        finally:
+            self._waiting_to_send.discard(ready)
+            if not self._waiting_to_send and sock is self._sock:
+                loop.remove_writer(sock)
+
+    def _wake_senders(self) -> None:
+        for waiter in self._waiting_to_send:
+            if not waiter.done():
+                waiter.set_result(None)
 
     # --- messages ----------------------------------------------------------------------------
 
@@ -264,17 +287,3 @@ class Spawner:
             child.kill_group()
         else:
             future.set_result(child)
-
-
-async def _writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_writer(sock, wake)
-    try:
-        await ready
-    finally:
-        loop.remove_writer(sock)

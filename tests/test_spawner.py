@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from pathlib import Path
 
 import anyio
@@ -13,7 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from app import spawner
-from tests.conftest import Serve, alive, child_settings, recv, recv_text, wait_gone
+from tests.conftest import TIMEOUT, Serve, alive, child_settings, recv, recv_text, wait_gone
 from tests.test_process import run, scalesocket
 
 pytestmark = pytest.mark.anyio
@@ -50,9 +51,13 @@ async def test_children_are_started_by_the_helper(server: Serve) -> None:
 
 
 async def test_more_rooms_at_once_than_the_helper_queue_holds(server: Serve) -> None:
-    # The kernel queues 10 datagrams per socket by default: 30 simultaneous spawns make the server
-    # wait for room in the queue, and every room must still get its own child.
+    # The socket to the helper is shrunk to its minimum send buffer (a few requests), and the
+    # helper is stopped: of 30 rooms starting at once, most must wait for room in the queue, all
+    # on one writability callback. Once the helper runs again, every room must get its child.
     async with server(child_settings("echo")) as s:
+        spawner_side = s.rooms.spawner
+        helper = spawner_side._helper_pid
+        spawner_side._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)  # the kernel rounds up
         pids: dict[int, int] = {}
 
         async def join(i: int) -> None:
@@ -61,9 +66,17 @@ async def test_more_rooms_at_once_than_the_helper_queue_holds(server: Serve) -> 
                 await ws.send(f"m{i}")
                 assert await recv(ws) == f"m{i}"
 
-        async with anyio.create_task_group() as tg:
-            for i in range(30):
-                tg.start_soon(join, i)
+        os.kill(helper, signal.SIGSTOP)
+        try:
+            async with anyio.create_task_group() as tg:
+                for i in range(30):
+                    tg.start_soon(join, i)
+                with anyio.fail_after(TIMEOUT):
+                    while len(spawner_side._waiting_to_send) < 10:  # noqa: ASYNC110 - no event to wait on
+                        await anyio.sleep(0.01)
+                os.kill(helper, signal.SIGCONT)
+        finally:
+            os.kill(helper, signal.SIGCONT)
         assert len(set(pids.values())) == 30
 
 
