@@ -1,5 +1,5 @@
 """Child processes as the server sees them: `Spawner`, its side of the spawner helper process
-(app/spawner.py), and `Child`, one running program with its exit status and its stop sequence.
+(app/spawner.py), and `Process`, one running program with its exit status and its stop sequence.
 
 The server never forks or reaps: it sends a spawn request (with the stdio descriptors) and goes
 on serving; the helper answers with the pid, and later with the exit status, after it has killed
@@ -31,8 +31,6 @@ from app import spawner
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from app.child import Channel
-
 log = logging.getLogger("scalesocket.child")
 
 # Between closing stdin and SIGTERM: a well-behaved child (cat, a line-reading script) exits by
@@ -42,7 +40,7 @@ KILL_RETRY = 1.0
 HELPER_EXIT_TIMEOUT = 5.0  # for the helper to reap what is left and exit once its socket closes
 
 
-class Child:
+class Process:
     """One running program, in a session of its own (so its whole group can be killed)."""
 
     def __init__(self, pid: int, spawner: Spawner) -> None:
@@ -68,10 +66,10 @@ class Child:
             self.exited.set()
             self.on_exit()
 
-    async def stop(self, channel: Channel | None, grace: float) -> None:
-        """Close stdin, SIGTERM, and after `grace` SIGKILL the group; returns once reaped."""
-        if channel is not None:
-            channel.close_input()
+    async def stop(self, grace: float) -> None:
+        """SIGTERM, and after `grace` SIGKILL the group; returns once reaped.
+
+        The caller closes the child's stdin first (its channel): a well-behaved child exits on EOF."""
         if self.returncode is not None:
             return  # already reaped (and its group killed)
         with anyio.CancelScope(shield=True):  # runs during cancellation too: never leave a child behind
@@ -95,8 +93,8 @@ class Spawner:
     def __init__(self) -> None:
         self._sock: socket.socket | None = None
         self._helper_pid = 0
-        self._pending: deque[asyncio.Future[Child]] = deque()  # spawn requests sent, in order
-        self._children: dict[int, Child] = {}  # started and not yet reported reaped
+        self._pending: deque[asyncio.Future[Process]] = deque()  # spawn requests sent, in order
+        self._children: dict[int, Process] = {}  # started and not yet reported reaped
         self._helpers_exited: dict[int, asyncio.Event] = {}
         self._waiting_to_send: set[asyncio.Future[None]] = set()  # spawns waiting for room in the queue
 
@@ -115,7 +113,7 @@ class Spawner:
 
     async def spawn(
         self, path: str, args: Sequence[str], env: Mapping[str, str], stdin: int, stdout: int, stderr: int
-    ) -> Child:
+    ) -> Process:
         """Start `path args...` with exactly `env` and the given descriptors as its fds 0, 1, 2."""
         request = spawner.encode({"op": "spawn", "path": path, "args": list(args), "env": dict(env)})
         if len(request) > spawner.MAX_MESSAGE:
@@ -133,7 +131,7 @@ class Spawner:
                 raise OSError(errno.EPIPE, "the spawner process is gone") from error
             if self._sock is not sock:  # lost while we waited
                 raise OSError(errno.EPIPE, "the spawner process is gone")
-        started: asyncio.Future[Child] = loop.create_future()
+        started: asyncio.Future[Process] = loop.create_future()
         self._pending.append(started)
         return await started  # if cancelled, the dispatcher kills what was started for nobody
 
@@ -282,7 +280,7 @@ class Spawner:
                 future.set_exception(OSError(message["errno"], message["error"]))
             return
         # Registered here, not when the spawning task resumes: its exit may be the next message.
-        child = self._children[message["pid"]] = Child(message["pid"], self)
+        child = self._children[message["pid"]] = Process(message["pid"], self)
         if future.cancelled():  # its room stopped while the spawn was in flight
             child.kill_group()
         else:

@@ -16,21 +16,19 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 
-from app.child import Channel, describe_exit, start_child
+from app.channel import Channel
+from app.child import describe_exit, start_child
 from app.clients import Client
-from app.messages import Delivery, InputEncoder, OutputDecoder, ProtocolError
-from app.process import Child
+from app.process import Process, Spawner
 from app.senders import Disconnected, Sender
 from app.settings import Settings
 from app.tcp import connect_channel
 from app.templates import ClientInfo, Template
-
-if TYPE_CHECKING:
-    from app.rooms import Rooms
+from app.translate import Delivery, InputEncoder, OutputDecoder, ProtocolError
 
 log = logging.getLogger("scalesocket.room")
 
@@ -50,15 +48,30 @@ async def first(*waits: Callable[[], Awaitable[object]]) -> None:
             tg.start_soon(one, wait)
 
 
+class Host(Protocol):
+    """What a room needs of the server around it (app.rooms.Rooms): no import of it, no circle."""
+
+    spawner: Spawner
+    slow_clients: int  # clients closed with 1008, server-wide
+
+    def forget(self, room: Room) -> None:
+        """The room is dying: the next joiner of its name gets a fresh one."""
+
+    def child_started(self, room: Room) -> None: ...
+
+    def room_done(self, room: Room) -> None:
+        """The room's run is over and its child reaped."""
+
+
 class Room:
     def __init__(
-        self, name: str, settings: Settings, rooms: Rooms, starter: ClientInfo, port: int | None = None
+        self, name: str, settings: Settings, rooms: Host, starter: ClientInfo, port: int | None = None
     ) -> None:
         self.name = name
         self.settings = settings
         self.port = port  # --tcp: lent by Rooms, returned when run() is done
         self.clients: dict[int, Client] = {}
-        self.child: Child | None = None
+        self.child: Process | None = None
         self.started = time.time()  # wall clock, for /<room>/stats and the metrics' `_created`
         self.joins = 0  # clients that ever joined (the connections_total metric)
         self.messages_in = 0  # client messages written to the child
@@ -266,7 +279,7 @@ class Room:
             env["PORT"] = str(self.port)
         return env
 
-    async def _spawn(self) -> Child:
+    async def _spawn(self) -> Process:
         child, self._channel = await start_child(
             self._rooms.spawner,
             self.settings.cmd,
@@ -304,7 +317,7 @@ class Room:
                     lambda: child.returncode is not None or self._stop.is_set() or (tcp and self._output_done.is_set())
                 )
                 if tcp and child.returncode is None and not self._stop.is_set():
-                    await child.stop(None, self.settings.stop_grace)
+                    await child.stop(self.settings.stop_grace)
                 if child.returncode is not None and not self._stop.is_set():
                     await self._exited_by_itself(child)
                 self._tg.cancel_scope.cancel()
@@ -314,8 +327,10 @@ class Room:
         finally:
             self._attached.set()  # nobody may wait to write to a child that is gone
             with anyio.CancelScope(shield=True):
+                if self._channel is not None:
+                    self._channel.close_input()
                 if self.child is not None:
-                    await self.child.stop(self._channel, self.settings.stop_grace)
+                    await self.child.stop(self.settings.stop_grace)
                     code = self.child.returncode
                     log.info("child exited", extra={"room": self.name, "pid": self.child.pid, "code": code})
                 if self._channel is not None:
@@ -358,7 +373,7 @@ class Room:
         if self._channel is None:
             self._on_output_end()  # never connected: no output to wait for at exit
 
-    async def _exited_by_itself(self, child: Child) -> None:
+    async def _exited_by_itself(self, child: Process) -> None:
         """Deliver everything the child printed, then close its clients with its exit status."""
         self._rooms.forget(self)
         assert child.returncode is not None

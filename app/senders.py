@@ -17,7 +17,7 @@ from starlette.types import Scope, Send
 from starlette.websockets import WebSocket
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from app.clients import TEXT, Batch
+from app.batch import TEXT, Batch
 from app.protocol import OnMessage, RoomProtocol
 
 _PROTOCOL_KEY = "scalesocket.ws_protocol"

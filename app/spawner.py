@@ -8,7 +8,7 @@ descriptors alongside with SCM_RIGHTS) and goes on serving; this process does th
 It is also the only process that reaps the children, so it is the one place where "signal the
 group" and "reap" can never race: a child's group is killed the moment the child exits, *before*
 it is reaped (the zombie still holds the group id, so the id cannot be reused by then), and the
-exit status then goes back to the server. The server's side of the socket is `app.child.Spawner`.
+exit status then goes back to the server. The server's side of the socket is `app.process.Spawner`.
 
 Messages are JSON objects on a SOCK_SEQPACKET socket, one per datagram:
 
@@ -64,7 +64,7 @@ def spawn(path: str, args: list[str], env: dict[str, str], fds: list[int]) -> in
     )
 
 
-class Spawner:
+class Helper:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.selector = selectors.DefaultSelector()
@@ -161,7 +161,7 @@ def main(argv: list[str]) -> int:
         signal.signal(signum, lambda signum, frame: None)
     sock = socket.socket(fileno=int(argv[0]))
     sock.set_inheritable(False)
-    Spawner(sock).serve()
+    Helper(sock).serve()
     return 0
 
 

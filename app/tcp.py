@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import anyio
 
-from app.child import Channel, SocketProtocol
+from app.channel import Channel, SocketProtocol
 
 log = logging.getLogger("scalesocket.tcp")
 

@@ -495,7 +495,7 @@ def test_route_never_raises(line: bytes) -> None:
 
 
 def test_json_routing_sees_an_id_split_across_reads() -> None:
-    from app.messages import OutputDecoder
+    from app.translate import OutputDecoder
     from tests.conftest import child_settings
 
     decoder = OutputDecoder(child_settings("echo", frame="json"))
@@ -506,7 +506,7 @@ def test_json_routing_sees_an_id_split_across_reads() -> None:
 
 
 def test_json_routing_of_a_line_begun_in_an_earlier_read() -> None:
-    from app.messages import OutputDecoder
+    from app.translate import OutputDecoder
     from tests.conftest import child_settings
 
     decoder = OutputDecoder(child_settings("echo", frame="json"))

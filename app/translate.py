@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from app import framing
-from app.clients import BINARY, TEXT, Batch
+from app.batch import BINARY, TEXT, Batch
 from app.settings import FrameMode, Settings
 
 log = logging.getLogger("scalesocket.messages")
