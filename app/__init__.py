@@ -68,6 +68,7 @@ def create_app(settings: Settings) -> Starlette:
         routes.append(Route("/{room}/stats/{statistic}", stats, methods=["GET"]))
     # Websocket routes match websocket scopes only: an upgrade on /<room> reaches the room even when
     # a file of that name exists, and plain GETs fall through to the files.
+    routes.append(WebSocketRoute("/", room_socket))  # websocketd's: each connection a room of its own
     routes.append(WebSocketRoute("/{room}", room_socket))
     routes.append(WebSocketRoute("/{path:path}", bad_path))
     if settings.staticdir is not None:

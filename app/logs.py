@@ -81,3 +81,9 @@ def configure(verbose: int, json_logs: bool) -> None:
         # Our own lines cover listening, connects and disconnects.
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+
+
+def quiet_below(level: int) -> None:
+    """Log only records at `level` or above (websocketd's --loglevel error and fatal)."""
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)

@@ -76,10 +76,14 @@ class Rooms:
         self._ids_in_use.discard(client_id)
 
     def join(self, name: str, make_info: Callable[[int], ClientInfo]) -> tuple[Room, Client]:
-        """Put a new client into room `name`, starting the room (and its child) if needed."""
+        """Put a new client into room `name`, starting the room (and its child) if needed.
+
+        The name "" is websocketd's `/`: every such client gets a room of its own, never registered,
+        so no one else can join it (or see it in stats), and it stops when that client leaves.
+        """
         if self._shutting_down:
             raise Refused(503, "server shutting down")
-        room = self.live.get(name)
+        room = self.live.get(name) if name else None
         if room is None:
             if self.settings.oneshot and self._sessions:
                 raise Refused(503, "--oneshot: this server has served its one session")
@@ -91,7 +95,8 @@ class Rooms:
                 except PortsExhausted as error:
                     return self._refused(name, info, str(error))
             room = Room(name, self.settings, self, info, port)
-            self.live[name] = room
+            if name:
+                self.live[name] = room
             self.running.add(room)
             self._sessions += 1
             self._tg.start_soon(room.run)

@@ -58,8 +58,8 @@ async def health(request: Request) -> Response:
 
 async def room_socket(websocket: WebSocket) -> None:
     """ws /{room}: join the room (starting its child if first), then relay both ways."""
-    name = websocket.path_params.get("room", "")
-    if not valid_room(name):
+    name = websocket.path_params.get("room", "")  # "" on `/`: a room of its own (Rooms.join)
+    if name and not valid_room(name):
         await websocket.send_denial_response(PlainTextResponse(f"invalid room name: {name!r}\n", 400))
         return
     rooms: Rooms = websocket.state.rooms

@@ -34,8 +34,8 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         port=settings.port,
         ws=RoomProtocol,  # websockets-sansio, with client messages handed to rooms directly
         ws_max_size=settings.max_message_size,
-        ws_ping_interval=settings.ping_interval,
-        ws_ping_timeout=settings.ping_timeout,
+        ws_ping_interval=settings.ping_interval or None,  # 0: no pings
+        ws_ping_timeout=settings.ping_timeout or None,  # 0: no deadline for the pong
         ws_per_message_deflate=False,  # most lines are short; compression costs more CPU than it saves
         log_config=None,  # logging is ours (app.logs), uvicorn's lines included
         lifespan="on",

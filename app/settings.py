@@ -7,6 +7,7 @@ in the app reads the environment or argv.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import shutil
 from enum import StrEnum
@@ -22,6 +23,21 @@ MiB = 1024 * 1024
 class FrameMode(StrEnum):
     binary = "binary"
     json = "json"
+
+
+class LogLevel(StrEnum):
+    """websocketd's --loglevel names; `access` and `info` are both our default."""
+
+    debug = "debug"
+    trace = "trace"
+    access = "access"
+    info = "info"
+    error = "error"
+    fatal = "fatal"
+
+
+_VERBOSITY = {LogLevel.debug: 1, LogLevel.trace: 2}
+_QUIET = {LogLevel.error: logging.ERROR, LogLevel.fatal: logging.CRITICAL}
 
 
 class Settings(BaseSettings):
@@ -60,8 +76,9 @@ class Settings(BaseSettings):
     slow_client_timeout: float = Field(5.0, gt=0, description="Blame a full client may accrue before 1008")
     stop_grace: float = Field(5.0, ge=0, description="Seconds between SIGTERM and SIGKILL when stopping a child")
     tcp_connect_timeout: float = Field(10.0, gt=0, description="How long to retry connecting to a --tcp child")
-    ping_interval: float = Field(20.0, gt=0, description="Websocket keepalive ping interval, seconds")
-    ping_timeout: float = Field(20.0, gt=0, description="Websocket keepalive pong timeout, seconds")
+    ping_interval: float = Field(20.0, ge=0, description="Seconds between keepalive pings to each client (0: none)")
+    ping_timeout: float = Field(20.0, ge=0, description="Seconds a client has to answer a ping (0: no limit)")
+    loglevel: LogLevel | None = Field(None, description="websocketd's log level; -v stands for debug, -vv for trace")
 
     @field_validator("cmd")
     @classmethod
@@ -115,6 +132,22 @@ class Settings(BaseSettings):
         if self.frame is not None and (self.client_frame is not None or self.server_frame is not None):
             raise ValueError("--frame cannot be combined with --client-frame or --server-frame")
         return self
+
+    @model_validator(mode="after")
+    def _check_loglevel(self) -> Self:
+        if self.loglevel is not None and self.verbose:
+            raise ValueError("--loglevel cannot be combined with -v")
+        return self
+
+    @property
+    def verbosity(self) -> int:
+        """The -v count in effect: 1 debug, 2 trace (from -v, or websocketd's --loglevel)."""
+        return _VERBOSITY.get(self.loglevel, self.verbose) if self.loglevel is not None else self.verbose
+
+    @property
+    def quiet_below(self) -> int | None:
+        """--loglevel error or fatal: the least severe level still logged (None: verbosity decides)."""
+        return _QUIET.get(self.loglevel) if self.loglevel is not None else None
 
     @property
     def host(self) -> str:

@@ -9,6 +9,7 @@ so `--frame cat` frames with binary and wraps `cat`.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -39,6 +40,10 @@ FLAGS = {  # Settings field -> the flag a user typed
     "tcpports": "--tcpports",
     "verbose": "-v",
     "forwarded_allow_ips": "--forwarded-allow-ips",
+    "ping_interval": "--ping-interval",
+    "ping_timeout": "--ping-timeout",
+    "loglevel": "--loglevel",
+    "stop_grace": "--closems",
 }
 
 
@@ -115,6 +120,39 @@ def parser() -> Parser:
         "--tcp", action="store_true", default=None, help="Connect to child using TCP instead of stdio. Use PORT to bind"
     )
     p.add_argument("--tcpports", metavar="<START:END>", help="Port range for TCP [default: 9001:9999]")
+    p.add_argument(
+        "--ping-interval",
+        metavar="<SECONDS>",
+        type=float,
+        help="Ping each client every SECONDS to keep its connection alive; 0 turns pings off [default: 20]",
+    )
+    p.add_argument(
+        "--ping-timeout",
+        metavar="<SECONDS>",
+        type=float,
+        help="Close a client that has not answered a ping within SECONDS; 0 waits forever [default: 20]",
+    )
+    # websocketd's spellings, so its command lines carry over.
+    p.add_argument(
+        "--port", metavar="<PORT>", type=int, help="websocketd's spelling: the port of --addr [default: 9000]"
+    )
+    p.add_argument(
+        "--address", metavar="<HOST>", help="websocketd's spelling: the IP address of --addr [default: 0.0.0.0]"
+    )
+    p.add_argument(
+        "--loglevel",
+        metavar="<LEVEL>",
+        choices=["debug", "trace", "access", "info", "error", "fatal"],
+        help="websocketd's spelling: debug is -v, trace is -vv, access and info the default, error and fatal "
+        "log only those [possible values: debug, trace, access, info, error, fatal]",
+    )
+    p.add_argument(
+        "--closems",
+        metavar="<MS>",
+        type=int,
+        help="websocketd's spelling: milliseconds between SIGTERM and SIGKILL when stopping a child "
+        "(SCALESOCKET_STOP_GRACE in seconds) [default: 5000]",
+    )
     p.add_argument("-v", dest="verbose", action="count", help="Increase level of verbosity")
     p.add_argument(
         "-V", "--version", action="version", version=f"scalesocket {__version__}", help="Print version information"
@@ -134,6 +172,7 @@ def to_settings(argv: Sequence[str]) -> Settings:
         p.error("the following arguments are required: CMD")
     values: dict[str, Any] = {k: v for k, v in vars(namespace).items() if v is not None}
     values["args"] = args
+    _websocketd_spellings(p, values)
     try:
         return Settings(**values)  # flags win; SCALESOCKET_* variables fill in what no flag gave
     except ValidationError as error:
@@ -143,11 +182,39 @@ def to_settings(argv: Sequence[str]) -> Settings:
         p.error(f"{where}: {message}" if where else message)
 
 
+def _websocketd_spellings(p: Parser, values: dict[str, Any]) -> None:
+    """Turn --port/--address into --addr, and --closems into the stop grace, in `values`."""
+    port, address, closems = values.pop("port", None), values.pop("address", None), values.pop("closems", None)
+    if port is not None or address is not None:
+        if "addr" in values:
+            p.error(f"{'--port' if port is not None else '--address'} cannot be combined with --addr")
+        if port is not None and not 0 <= port <= 65535:
+            p.error(f"--port: expected 0 to 65535, got {port}")
+        if address is not None and not _is_ip(address):
+            p.error(f"--address: expected an IP address such as 127.0.0.1 or ::1, got {address!r}")
+        host, port = address if address is not None else "0.0.0.0", 9000 if port is None else port
+        values["addr"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if closems is not None:
+        if closems < 0:
+            p.error(f"--closems: must be 0 or more, got {closems}")
+        values["stop_grace"] = closems / 1000
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     settings = to_settings(sys.argv[1:] if argv is None else argv)
     from app import logs, server  # after parsing: `--help` stays fast
 
-    logs.configure(settings.verbose, settings.json_logs)
+    logs.configure(settings.verbosity, settings.json_logs)
+    if settings.quiet_below is not None:  # --loglevel error/fatal
+        logs.quiet_below(settings.quiet_below)
     return server.run(settings)
 
 
