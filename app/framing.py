@@ -35,12 +35,13 @@ __all__ = [
 class LineSplitter:
     """Split a byte stream on ``\\n`` into lines (newline removed, ``\\r`` kept), cutting lines over ``max_size``."""
 
-    __slots__ = ("_max", "_parts", "_pending", "_cut", "oversized")
+    __slots__ = ("_max", "_parts", "_pending", "_cut", "_sep", "oversized")
 
-    def __init__(self, max_size: int) -> None:
+    def __init__(self, max_size: int, sep: bytes = b"\n") -> None:
         if max_size < 1:
             raise ValueError("max_size must be positive")
         self._max = max_size
+        self._sep = sep  # one byte: --delimiters (app/delimiters.py) maps all of its bytes onto one
         # The unterminated line so far, as the chunks it arrived in: joined only once a newline (or more than
         # max_size bytes) arrives, so a 16 MiB line costs linear time however it is chunked.
         self._parts: list[bytes] = []
@@ -50,7 +51,7 @@ class LineSplitter:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Return the lines completed by ``chunk``, and any max_size pieces of a line that is too long."""
-        lines = chunk.split(b"\n")
+        lines = chunk.split(self._sep)
         tail = lines.pop()
         if not lines:  # no newline in this chunk
             if tail:

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = Field(
         "127.0.0.1,::1", description="Proxies trusted for X-Forwarded-For (comma-separated IPs or networks, or *)"
     )
+    # SPEC §15, for scalesocket 0.2 users.
+    delimiters: str | None = Field(None, description="Output items end at any of these characters instead of \\n")
+    null: bool = Field(False, description="Output items end at NUL")
 
     # Tunables without a flag of their own (settable through SCALESOCKET_<NAME>).
     max_message_size: int = Field(16 * MiB, ge=1024, description="Largest message in either direction, bytes")
@@ -120,6 +123,18 @@ class Settings(BaseSettings):
             raise ValueError(f"need 1 <= START < END <= 65536 (END exclusive), got {start}:{end}")
         return ports
 
+    @field_validator("frame", "client_frame", "server_frame", mode="before")
+    @classmethod
+    def _gwsocket_is_binary(cls, value: Any) -> Any:
+        return "binary" if value == "gwsocket" else value  # scalesocket 0.2's name for the same framing
+
+    @field_validator("delimiters")
+    @classmethod
+    def _check_delimiters(cls, value: str | None) -> str | None:
+        if value is not None:
+            unescape_delimiters(value)
+        return value
+
     @field_validator("staticdir")
     @classmethod
     def _check_staticdir(cls, staticdir: Path | None) -> Path | None:
@@ -131,6 +146,8 @@ class Settings(BaseSettings):
     def _check_frames(self) -> Self:
         if self.frame is not None and (self.client_frame is not None or self.server_frame is not None):
             raise ValueError("--frame cannot be combined with --client-frame or --server-frame")
+        if (self.delimiters is not None or self.null) and (self.binary or self.server_framing is FrameMode.binary):
+            raise ValueError("--delimiters and --null cannot be used with -b or binary server framing")
         return self
 
     @model_validator(mode="after")
@@ -166,6 +183,16 @@ class Settings(BaseSettings):
         return self.frame or self.server_frame
 
     @property
+    def item_delimiters(self) -> bytes | None:
+        """--delimiters / --null as the bytes that end an output item; None: lines end at \\n."""
+        if self.delimiters is None and not self.null:
+            return None
+        found = unescape_delimiters(self.delimiters) if self.delimiters is not None else b""
+        if self.null and b"\0" not in found:
+            found += b"\0"
+        return found
+
+    @property
     def attach_delay(self) -> float:
         if self.cmd_attach_delay is not None:
             return self.cmd_attach_delay
@@ -184,3 +211,28 @@ def split_addr(addr: str) -> tuple[str, int]:
     if not sep or ip is None or not port.isdigit() or int(port) > 65535 or (ip.version == 6) != bracketed:
         raise ValueError(f"expected IP:PORT such as 0.0.0.0:9000 or [::1]:9000, got {addr!r}")
     return host, int(port)
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\"}
+
+
+def unescape_delimiters(value: str) -> bytes:
+    """`--delimiters` CHARS with `\\n \\t \\r \\0 \\\\` understood -> the distinct delimiter bytes, in order."""
+    chars: list[str] = []
+    i = 0
+    while i < len(value):
+        char = value[i]
+        if char == "\\":
+            escape = value[i + 1 : i + 2]
+            if escape not in _ESCAPES:
+                raise ValueError(f"unknown escape {value[i : i + 2]!r} (known: \\n \\t \\r \\0 \\\\)")
+            char = _ESCAPES[escape]
+            i += 1
+        if not char.isascii():
+            raise ValueError(f"delimiters must be ASCII characters, got {char!r}")
+        if char not in chars:
+            chars.append(char)
+        i += 1
+    if not chars:
+        raise ValueError("expected at least one character")
+    return "".join(chars).encode()

@@ -12,6 +12,7 @@ import logging
 
 from app import framing
 from app.batch import BINARY, TEXT, Batch
+from app.delimiters import DelimiterSplitter
 from app.settings import FrameMode, Settings
 
 log = logging.getLogger("scalesocket.messages")
@@ -71,7 +72,12 @@ class OutputDecoder:
         self._frames = framing.FrameDecoder(settings.max_message_size)
         self._tail_ascii = True  # the unterminated line so far is ASCII
         self._at_line_start = True  # the last read ended with a newline (json framing)
-        if self._mode is FrameMode.binary:
+        if (delimiters := settings.item_delimiters) is not None:
+            # --delimiters / --null (text mode or json server framing): items, without the newline
+            # fast paths, which look for b"\n".
+            self._lines = DelimiterSplitter(settings.max_message_size, delimiters)
+            self.feed = self._feed_items  # type: ignore[method-assign]
+        elif self._mode is FrameMode.binary:
             self.feed = self._feed_frames  # type: ignore[method-assign]
         elif self._mode is FrameMode.json:
             self.feed = self._feed_json  # type: ignore[method-assign]
@@ -110,6 +116,10 @@ class OutputDecoder:
         if self._opcode == TEXT:
             lines = valid_text(lines)
         return [(None, Batch(self._opcode, lines))]
+
+    def _feed_items(self, data: bytes) -> list[Delivery]:
+        items = self._lines.feed(data)
+        return self._route_json(items) if self._mode is FrameMode.json else self._broadcast_lines(items)
 
     def _feed_chunks(self, data: bytes) -> list[Delivery]:
         # A pipe read never exceeds a few hundred KiB, far below the message limit.

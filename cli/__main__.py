@@ -44,7 +44,10 @@ FLAGS = {  # Settings field -> the flag a user typed
     "ping_timeout": "--ping-timeout",
     "loglevel": "--loglevel",
     "stop_grace": "--closems",
+    "delimiters": "--delimiters",
+    "null": "--null",
 }
+MODES = ["binary", "json", "gwsocket"]  # gwsocket: scalesocket 0.2's name for binary
 
 
 class Parser(argparse.ArgumentParser):
@@ -67,12 +70,14 @@ def parser() -> Parser:
     )
     p.add_argument(
         "--client-frame",
+        "--clientframe",
         metavar="<MODE>",
-        choices=["binary", "json"],
+        choices=MODES,
         help="Enable framing and routing for client originated messages. See --frame for options.",
     )
     p.add_argument(
         "--cmd-attach-delay",
+        "--delay",
         metavar="<SECONDS>",
         type=float,
         help="Delay before attaching to child [default: 1 for --tcp]",
@@ -80,7 +85,7 @@ def parser() -> Parser:
     p.add_argument(
         "--frame",
         metavar="[=<MODE>]",
-        choices=["binary", "json"],
+        choices=MODES,
         help="Enable framing and routing for all messages. Client messages are tagged with an ID header (u32). "
         "Server messages with optional client ID are routed to clients. When set to `json` messages are parsed "
         'as JSON: client messages are amended with an "id" field, server messages are routed to clients based on '
@@ -104,8 +109,9 @@ def parser() -> Parser:
     )
     p.add_argument(
         "--server-frame",
+        "--serverframe",
         metavar="<MODE>",
-        choices=["binary", "json"],
+        choices=MODES,
         help="Enable framing and routing for server originated messages. See --frame for options.",
     )
     p.add_argument("--staticdir", metavar="<DIR>", help="Serve static files from directory over HTTP")
@@ -157,6 +163,19 @@ def parser() -> Parser:
     p.add_argument(
         "-V", "--version", action="version", version=f"scalesocket {__version__}", help="Print version information"
     )
+    # SPEC §15: for scalesocket 0.2 users.
+    p.add_argument(
+        "--delimiters",
+        metavar="<CHARS>",
+        help="Output items end at any of CHARS instead of \\n (escapes \\n \\t \\r \\0 \\\\ understood)",
+    )
+    p.add_argument("--null", action="store_true", default=None, help="Output items end at NUL")
+    p.add_argument(
+        "--log",
+        metavar="<json|text>",
+        choices=["json", "text"],
+        help="Log format: --log=json is --json (scalesocket 0.2's spelling)",
+    )
     p.epilog = "ARGS after `--` are passed to CMD unchanged."
     return p
 
@@ -171,6 +190,10 @@ def to_settings(argv: Sequence[str]) -> Settings:
     if namespace.cmd is None:
         p.error("the following arguments are required: CMD")
     values: dict[str, Any] = {k: v for k, v in vars(namespace).items() if v is not None}
+    if (log_format := values.pop("log", None)) is not None:
+        if values.get("json_logs") and log_format == "text":
+            p.error("--log=text contradicts --json")
+        values["json_logs"] = log_format == "json"
     values["args"] = args
     _websocketd_spellings(p, values)
     try:
