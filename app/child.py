@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Mapping, Sequence
 
+from app import logs
 from app.channel import Channel, drain_to, open_pipes
 from app.framing import LineSplitter
 from app.process import Process, Spawner
@@ -72,18 +74,64 @@ def shell_status(code: int) -> int:
 
 
 class LogLines:
-    """A child's stderr (and stdout with --tcp), line by line, into the server's log (so `--json` covers it)."""
+    """A child's stderr (and stdout with --tcp) into the server's log (so `--json` covers it), rate-bounded.
+
+    A child flooding stderr (`yes >&2`) must not cost the loop more than a child that is quiet: each
+    stream gets LINES_PER_SECOND lines and BYTES_PER_SECOND bytes a second; what is over is only
+    counted (a newline count per chunk, never split into lines) and reported in one warning per
+    second, and in /metrics. The pipe is still drained at full speed, so the child never blocks.
+    """
+
+    LINES_PER_SECOND = 100
+    BYTES_PER_SECOND = 64 * 1024
+    MAX_LINE = 64 * 1024
 
     def __init__(self, room: str, pid: int, stream: str = "stderr") -> None:
         self._extra = {"room": room, "pid": pid}
         self._stream = stream
-        self._lines = LineSplitter(64 * 1024)
+        self._lines = LineSplitter(self.MAX_LINE)
+        self._window = 0.0  # start of the current second
+        self._lines_left = 0
+        self._bytes_left = 0
+        self._dropped_lines = 0  # in the current second, not yet reported
+        self._dropped_bytes = 0
 
     def __call__(self, data: bytes) -> None:
-        self._log(self._lines.feed(data))
+        now = time.monotonic()
+        if now - self._window >= 1.0:
+            self._report_dropped()
+            self._window = now
+            self._lines_left, self._bytes_left = self.LINES_PER_SECOND, self.BYTES_PER_SECOND
+        if self._lines_left <= 0 or self._bytes_left <= 0:
+            self._drop(data.count(b"\n"), len(data))
+            self._lines.close()  # the line it was in the middle of is gone with it
+            return
+        lines = self._lines.feed(data)
+        self._bytes_left -= len(data)
+        if len(lines) > self._lines_left:
+            dropped = lines[self._lines_left :]
+            del lines[self._lines_left :]
+            self._drop(len(dropped), sum(map(len, dropped)) + len(dropped))
+        self._lines_left -= len(lines)
+        self._log(lines)
 
     def close(self) -> None:
         self._log(self._lines.close())
+        self._report_dropped()
+
+    def _drop(self, lines: int, size: int) -> None:
+        self._dropped_lines += lines
+        self._dropped_bytes += size
+        logs.stderr_dropped(lines, size)
+
+    def _report_dropped(self) -> None:
+        if self._dropped_lines or self._dropped_bytes:
+            log.warning(
+                "child %s over the rate limit: lines dropped",
+                self._stream,
+                extra={**self._extra, "lines": self._dropped_lines, "bytes": self._dropped_bytes},
+            )
+            self._dropped_lines = self._dropped_bytes = 0
 
     def _log(self, lines: list[bytes]) -> None:
         for line in lines:

@@ -30,6 +30,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 from starlette_exporter import PrometheusMiddleware
 
+from app import logs
+
 if TYPE_CHECKING:
     from app.room import Room
     from app.rooms import Rooms
@@ -182,6 +184,14 @@ class Metrics:
         yield size
         slow = self.rooms.slow_clients if self.rooms is not None else 0
         yield self._counter("scalesocket_slow_clients_closed", "Clients closed with 1008 for being too slow", slow)
+        yield self._counter(
+            "scalesocket_log_records_dropped", "Log lines dropped because stderr was not keeping up", logs.dropped()
+        )
+        lines, dropped_bytes = logs.stderr_dropped()
+        yield self._counter("scalesocket_child_stderr_lines_dropped", "Child stderr lines over the rate limit", lines)
+        yield self._counter(
+            "scalesocket_child_stderr_bytes_dropped", "Child stderr bytes over the rate limit", dropped_bytes
+        )
 
     def _counter(self, name: str, documentation: str, value: int) -> CounterMetricFamily:
         family = CounterMetricFamily(name, documentation)

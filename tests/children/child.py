@@ -92,6 +92,19 @@ def main() -> int:
         out(f"ready {os.getpid()}")
         while True:
             time.sleep(60)
+    if mode == "stderr-flood":  # print "ready", then write "y" lines to stderr as fast as `yes >&2` would
+        out("ready")
+        chunk = b"y\n" * 32768
+        while True:
+            os.write(2, chunk)
+    if mode == "stderr-lines":  # print "ready", then ARGS[0] numbered lines to stderr, then echo
+        out("ready")
+        for i in range(int(args[0])):
+            sys.stderr.write(f"line {i} from the child\n")
+        sys.stderr.flush()
+        for line in sys.stdin:
+            out(line.rstrip("\n"))
+        return 0
     if mode == "stderr":  # print ARGS[0] to stderr, then echo
         sys.stderr.write(args[0] + "\n")
         sys.stderr.flush()

@@ -1,0 +1,179 @@
+"""Logging never blocks the loop, and a child's stderr is rate-bounded (issue 10, item 8; SPEC §4, §10)."""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import logging
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import termios
+import time
+
+import anyio
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from app import logs
+from app.child import LogLines
+from tests.conftest import TIMEOUT, UNIT, recv_text
+from tests.test_process import free_port, run, scalesocket
+
+PIPE_CAPACITY = 64 * 1024  # Linux's default
+
+
+def test_a_stderr_nobody_reads_never_blocks_the_logger_and_drops_are_reported() -> None:
+    read_end, write_end = os.pipe()
+    handler = logs.DroppingQueueHandler(queue.Queue(100))
+    writer = logs.LogWriter(handler, logs.PlainFormatter(), fd=write_end)
+    logger = logging.Logger("t")
+    logger.addHandler(handler)
+    try:
+        started = time.monotonic()
+        for i in range(20_000):  # ~1.5 MB of lines: the pipe holds 64 KiB, nobody reads it
+            logger.warning("line %d %s", i, "x" * 60)
+        took = time.monotonic() - started
+        assert took < 2 * UNIT, f"logging 20,000 lines to a stuck stderr took {took:.2f}s"
+        assert handler.dropped > 10_000, handler.dropped
+        # Now someone reads: the writer gets going again, and says how many it lost on the way.
+        seen = b""
+        deadline = time.monotonic() + TIMEOUT
+        os.set_blocking(read_end, False)
+        while b"log lines dropped" not in seen and time.monotonic() < deadline:
+            logger.warning("one more")
+            try:
+                seen += os.read(read_end, 1 << 20)
+            except BlockingIOError:
+                time.sleep(0.01)
+        assert b"log lines dropped" in seen and b"dropped=" in seen, seen[-500:]
+    finally:
+        writer.stop(timeout=1)
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_stop_gives_up_on_a_stuck_stderr_within_its_timeout() -> None:
+    read_end, write_end = os.pipe()
+    handler = logs.DroppingQueueHandler(queue.Queue(10))
+    writer = logs.LogWriter(handler, logs.PlainFormatter(), fd=write_end)
+    try:
+        logger = logging.Logger("t")
+        logger.addHandler(handler)
+        for _ in range(5000):
+            logger.warning("x" * 100)
+        started = time.monotonic()
+        writer.stop(timeout=0.5)
+        assert time.monotonic() - started < 1.5
+    finally:
+        os.close(read_end)  # the stuck write now fails with EPIPE, and the thread ends
+        os.close(write_end)
+
+
+def test_child_stderr_is_rate_bounded_and_the_drop_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="scalesocket.child")
+    lines = LogLines("r", 1)
+    before = logs.stderr_dropped()
+    chunk = b"y\n" * 32768  # what `yes >&2` writes in one pipe's worth
+    started = time.monotonic()
+    for _ in range(100):  # 6.5 MB, 3.3 M lines
+        lines(chunk)
+    took = time.monotonic() - started
+    lines.close()
+    logged = [r for r in caplog.records if r.getMessage().startswith("child stderr: ")]
+    assert len(logged) <= LogLines.LINES_PER_SECOND * 2  # at most two one-second windows went by
+    reports = [r for r in caplog.records if "over the rate limit" in r.getMessage()]
+    assert reports, "the drop was not reported"
+    dropped_lines = sum(r.__dict__["lines"] for r in reports)
+    assert dropped_lines + len(logged) >= 100 * 32768 - 1  # every line either logged or counted
+    after = logs.stderr_dropped()
+    assert after[0] - before[0] == dropped_lines
+    assert took < 0.5 * UNIT, f"6.5 MB of stderr cost the loop {took * 1000:.0f} ms"
+
+
+def test_child_stderr_under_the_limit_is_logged_line_by_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="scalesocket.child")
+    lines = LogLines("r", 1)
+    lines(b"one\ntwo\nthr")
+    lines(b"ee\n")
+    lines.close()
+    assert [r.getMessage() for r in caplog.records] == ["child stderr: one", "child stderr: two", "child stderr: three"]
+
+
+async def health_latencies(port: int, seconds: float) -> list[float]:
+    latencies: list[float] = []
+    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            started = time.monotonic()
+            assert (await http.get(f"http://127.0.0.1:{port}/health")).status_code == 200
+            latencies.append(time.monotonic() - started)
+            await anyio.sleep(0.02)
+    return latencies
+
+
+@pytest.mark.anyio
+async def test_health_stays_fast_while_children_flood_stderr() -> None:
+    async with run(scalesocket(mode="stderr-flood")) as proc:
+        async with connect(proc.url + "/a") as a, connect(proc.url + "/b") as b:
+            for ws in (a, b):
+                assert await recv_text(ws) == "ready"
+            await proc.wait_stderr(b"over the rate limit")
+            latencies = await health_latencies(proc.port, 2 * UNIT)
+    median, worst = statistics.median(latencies), max(latencies)
+    assert median < 0.05 * UNIT and worst < 0.5 * UNIT, (
+        f"/health median {median * 1000:.1f} ms, worst {worst * 1000:.1f} ms"
+    )
+
+
+@pytest.mark.anyio
+async def test_a_server_whose_stderr_nobody_reads_keeps_serving() -> None:
+    port = free_port()
+    argv = [arg.replace("{port}", str(port)) for arg in scalesocket(mode="stderr-lines", args=("5000",))]
+    # stderr is a pipe that this test holds open and never reads, shrunk to one page: it fills at once.
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    process = await anyio.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=write_end)
+    os.close(write_end)
+    try:
+        with anyio.fail_after(TIMEOUT * 2):
+            async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+                while True:
+                    try:
+                        if (await http.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        await anyio.sleep(0.05)
+                for round_ in range(5):  # every room writes 5,000 lines to its stderr, and so to ours
+                    async with connect(f"ws://127.0.0.1:{port}/r{round_}", open_timeout=TIMEOUT) as ws:
+                        assert await recv_text(ws) == "ready"
+                        await ws.send("still here")
+                        assert await recv_text(ws) == "still here"
+                    assert (await http.get(f"http://127.0.0.1:{port}/health")).status_code == 200
+        queued = array.array("i", [0])
+        fcntl.ioctl(read_end, termios.FIONREAD, queued)
+        assert queued[0] >= 4096 - 512, f"the server's stderr pipe was never full ({queued[0]} bytes)"
+    finally:
+        process.kill()
+        with anyio.move_on_after(TIMEOUT):
+            await process.wait()
+        os.close(read_end)
+
+
+def test_exit_does_not_hang_on_a_stderr_nobody_reads() -> None:
+    code = (
+        "import logging; from app import logs; logs.configure(0, False)\n"
+        "log = logging.getLogger('scalesocket')\n"
+        "for i in range(20000): log.info('line %d', i)\n"
+    )
+    read_end, write_end = os.pipe()
+    process = subprocess.Popen([sys.executable, "-c", code], stderr=write_end)
+    os.close(write_end)
+    try:
+        assert process.wait(TIMEOUT) == 0
+    finally:
+        process.kill()
+        os.close(read_end)
