@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 $(BIN)/scalesocket: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/pip install -q -e '.[dev,bench,redis]'
 	touch $@
 
 # A shared chat room: open http://localhost:9000/?room=lobby in two browser tabs.

@@ -19,10 +19,11 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from app.cluster import Cluster
 from app.metrics import HttpMetrics, Metrics
 from app.process import Spawner
 from app.rooms import Rooms
-from app.routes import FastPath, State, bad_path, health, room_socket
+from app.routes import FastPath, State, bad_path, health, ready, room_socket
 from app.settings import Settings
 from app.static import StaticDir
 from app.stats import stats
@@ -46,21 +47,30 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         # The spawner outlives the task group: every room's run reaps its child through it.
-        async with Spawner.running() as spawner, anyio.create_task_group() as tg:
+        # The cluster outlives the rooms too: a lease is given back only once its children are reaped.
+        async with (
+            Spawner.running() as spawner,
+            Cluster.running(settings, spawner) as cluster,
+            anyio.create_task_group() as tg,
+        ):
             rooms = Rooms(tg, settings, spawner)
             app.state.rooms = rooms
+            app.state.cluster = cluster
             if metrics is not None:
                 metrics.attach(rooms)
             if settings.oneshot:
                 tg.start_soon(_exit_after_session, rooms, lambda: app.state.request_exit)
-            yield {"rooms": rooms}
+            yield {"rooms": rooms, "cluster": cluster}
             # Last resort (the server normally began this on the signal): close every client, and
             # cancel every room; each room's run stops and reaps its child, shielded, as it unwinds.
             rooms.begin_shutdown()
             tg.cancel_scope.cancel()
 
     # Endpoints not enabled are simply absent, so they answer 404 (or a static file of that name).
-    routes: list[BaseRoute] = [Route("/health", health, methods=["GET", "HEAD"])]
+    routes: list[BaseRoute] = [
+        Route("/health", health, methods=["GET", "HEAD"]),
+        Route("/health/ready", ready, methods=["GET", "HEAD"]),
+    ]
     if metrics is not None:
         routes.append(Route("/metrics", metrics.endpoint, methods=["GET"]))  # GET brings HEAD
     if settings.stats:

@@ -32,6 +32,7 @@ async def start_child(
     stdio: bool,
     on_data: Callable[[bytes], None],
     on_eof: Callable[[], None],
+    deadline: float | None = None,
 ) -> tuple[Process, Channel | None]:
     """Spawn with fresh pipes; stderr is logged. With `stdio` the child's stdin and stdout are the
     returned channel; otherwise stdin is /dev/null and stdout is logged too (the caller connects)."""
@@ -39,7 +40,7 @@ async def start_child(
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe()
     try:
-        child = await spawner.spawn(path, args, env, stdin_r, stdout_w, stderr_w)
+        child = await spawner.spawn(path, args, env, stdin_r, stdout_w, stderr_w, deadline)
     except BaseException:
         for fd in (stdin_w, stdout_r, stderr_r):
             if fd >= 0:

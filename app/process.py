@@ -112,10 +112,21 @@ class Spawner:
                 await self._close()
 
     async def spawn(
-        self, path: str, args: Sequence[str], env: Mapping[str, str], stdin: int, stdout: int, stderr: int
+        self,
+        path: str,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        stdin: int,
+        stdout: int,
+        stderr: int,
+        deadline: float | None = None,
     ) -> Process:
-        """Start `path args...` with exactly `env` and the given descriptors as its fds 0, 1, 2."""
-        request = spawner.encode({"op": "spawn", "path": path, "args": list(args), "env": dict(env)})
+        """Start `path args...` with exactly `env` and the given descriptors as its fds 0, 1, 2;
+        the helper kills it at `deadline` (monotonic) unless a later one is set."""
+        spawn: dict[str, Any] = {"op": "spawn", "path": path, "args": list(args), "env": dict(env)}
+        if deadline is not None:
+            spawn["deadline"] = deadline
+        request = spawner.encode(spawn)
         if len(request) > spawner.MAX_MESSAGE:
             raise OSError(errno.E2BIG, os.strerror(errno.E2BIG))
         sock = self._connect()
@@ -138,6 +149,11 @@ class Spawner:
     def signal(self, pid: int, sig: int, *, group: bool) -> None:
         if self._sock is not None:
             self._send({"op": "signal", "pid": pid, "sig": int(sig), "group": group})
+
+    def set_deadline(self, pids: Sequence[int], at: float) -> None:
+        """Move the kill deadline of these children (a cluster room's lease was renewed)."""
+        if self._sock is not None and pids:
+            self._send({"op": "deadline", "pids": list(pids), "at": at})
 
     # --- the helper process ------------------------------------------------------------------
 

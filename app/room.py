@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,31 @@ log = logging.getLogger("scalesocket.room")
 
 NORMAL, GOING_AWAY, POLICY, INTERNAL_ERROR = 1000, 1001, 1008, 1011
 DISCONNECT_POLL = 1.0  # how often a reader blocked on a full stdin checks that its client is still there
+
+
+class RoomLease(Protocol):
+    """What a room knows of its ownership (app.cluster.Lease): past `deadline` it may not run."""
+
+    deadline: float
+
+    def expired(self) -> bool: ...
+
+    def room_done(self, room: Room) -> None: ...
+
+
+class Forever:
+    """The lease of a room that is not the cluster's (never attached): it never ends."""
+
+    deadline = math.inf
+
+    def expired(self) -> bool:
+        return False
+
+    def room_done(self, room: Room) -> None:
+        pass
+
+
+FOREVER = Forever()
 
 
 async def first(*waits: Callable[[], Awaitable[object]]) -> None:
@@ -79,6 +105,8 @@ class Room:
         self.bytes_in = 0  # bytes written to the child's input, framing and newlines included
         self.bytes_out = 0  # message payload bytes delivered to clients (counted once per client)
         self.exit_code: int | None = None  # set when the child exited by itself
+        self.lease: RoomLease = FOREVER  # the cluster's, attached before run() spawns
+        self.fenced = False
         self._rooms = rooms
         self._starter = starter  # its CGI values make the child's environment
         self._channel: Channel | None = None
@@ -128,6 +156,19 @@ class Room:
         for client in self.clients.values():
             client.request_close(code, reason, drain=False)
 
+    def fence(self, code: int, reason: str) -> None:
+        """The room's lease is over (SPEC §16): clients closed, the child killed now, not stopped."""
+        if self.fenced:
+            return
+        self.fenced = True
+        for client in list(self.clients.values()):
+            client.request_close(code, reason, drain=False)
+        if self._channel is not None:
+            self._channel.close_input()
+        if self.child is not None:
+            self.child.kill_group()
+        self.request_stop()
+
     def request_stop(self) -> None:
         self._rooms.forget(self)  # the next joiner gets a fresh child, never this dying one
         self._stop.set()
@@ -153,8 +194,8 @@ class Room:
         if not self._attached.is_set():
             await self._attached.wait()  # messages sent meanwhile wait here, in order
         channel = self._channel
-        if channel is None or channel.closed:
-            return  # the child is gone; its clients are being closed
+        if channel is None or channel.closed or self.lease.deadline <= time.monotonic() and self.lease.expired():
+            return  # the child is gone (or its lease is); its clients are being closed
         channel.write(data)
         self.messages_in += 1
         self.bytes_in += len(data)
@@ -175,6 +216,8 @@ class Room:
         channel = self._channel
         if encoded is None or channel is None or channel.closed:
             return
+        if self.lease.deadline <= time.monotonic() and self.lease.expired():
+            return
         channel.write(encoded)
         self.messages_in += 1
         self.bytes_in += len(encoded)
@@ -190,6 +233,8 @@ class Room:
     # --- child -> clients -----------------------------------------------------------------------
 
     def _on_output(self, data: bytes) -> None:
+        if self.fenced or self.lease.deadline <= time.monotonic() and self.lease.expired():
+            return  # a fenced room passes nothing on
         try:
             deliveries = self._decoder.feed(data)
         except ProtocolError as error:
@@ -275,6 +320,7 @@ class Room:
     def _environment(self) -> dict[str, str]:
         env = {name: os.environ[name] for name in self.settings.passenv if name in os.environ}
         env.update(QUERY_STRING=self._starter.query_string, REMOTE_ADDR=self._starter.remote_addr, ROOM=self.name)
+        env["INSTANCE"] = self.settings.instance  # the owner's name (SPEC §16)
         if self.port is not None:
             env["PORT"] = str(self.port)
         return env
@@ -289,6 +335,7 @@ class Room:
             stdio=not self.settings.tcp,  # with --tcp the socket is the message path
             on_data=self._on_output,
             on_eof=self._on_output_end,
+            deadline=self.lease.deadline if self.lease.deadline < math.inf else None,
         )
         if self._channel is not None:
             self._channel.on_resume(self._resume_readers)
@@ -318,6 +365,7 @@ class Room:
                 )
                 if tcp and child.returncode is None and not self._stop.is_set():
                     await child.stop(self.settings.stop_grace)
+                self.lease.expired()  # a child killed at its lease's deadline did not exit by itself
                 if child.returncode is not None and not self._stop.is_set():
                     await self._exited_by_itself(child)
                 self._tg.cancel_scope.cancel()
@@ -335,6 +383,7 @@ class Room:
                     log.info("child exited", extra={"room": self.name, "pid": self.child.pid, "code": code})
                 if self._channel is not None:
                     self._channel.close()
+                self.lease.room_done(self)  # its child is reaped: the room's lease may be given back
                 self._rooms.room_done(self)
 
     async def _attach(self) -> None:

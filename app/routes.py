@@ -21,7 +21,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from app import forward
 from app.clients import Client
+from app.cluster import Cluster, Forward
 from app.room import Room
 from app.rooms import Refused, Rooms
 from app.senders import Disconnected, Sender, capture_protocol, sender_for
@@ -35,6 +37,7 @@ RESERVED = frozenset({"health", "metrics", "api", "static", "stats"})
 
 class State(TypedDict):
     rooms: Rooms
+    cluster: Cluster
 
 
 def valid_room(name: str) -> bool:
@@ -56,6 +59,12 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+async def ready(request: Request) -> Response:
+    """/health/ready: 200 while this instance takes new rooms; 503 draining or cut off from the registry."""
+    cluster: Cluster = request.state.cluster
+    return JSONResponse({"status": cluster.status()}, 200 if cluster.ready else 503)
+
+
 async def room_socket(websocket: WebSocket) -> None:
     """ws /{room}: join the room (starting its child if first), then relay both ways."""
     name = websocket.path_params.get("room", "")  # "" on `/`: a room of its own (Rooms.join)
@@ -63,13 +72,26 @@ async def room_socket(websocket: WebSocket) -> None:
         await websocket.send_denial_response(PlainTextResponse(f"invalid room name: {name!r}\n", 400))
         return
     rooms: Rooms = websocket.state.rooms
+    cluster: Cluster = websocket.state.cluster
     query = websocket.scope.get("query_string", b"").decode("utf-8", "surrogateescape")
-    addr = remote_addr(websocket)
     try:
-        room, client = rooms.join(name, lambda id_: ClientInfo(id_, query, addr, name))
+        peer_client = forward.forwarded_client(websocket, cluster)
+        addr = peer_client if peer_client is not None else remote_addr(websocket)
+        # Where the room lives: here (a lease held) or on the instance that owns it (SPEC §16).
+        placed = await cluster.place(name, forwarded=peer_client is not None)
+        if isinstance(placed, Forward):
+            await forward.relay(websocket, placed, name, query, addr, cluster, websocket.app.state.settings)
+            return
+        try:
+            room, client = rooms.join(name, lambda id_: ClientInfo(id_, query, addr, name))
+            if room in rooms.running and room.lease is not placed:
+                placed.attach(room)  # before its run spawns: the child starts with the lease's deadline
+        finally:
+            placed.unhold()
     except Refused as refusal:
         log.debug("websocket refused", extra={"room": name, "status": refusal.status, "reason": refusal.reason})
-        await websocket.send_denial_response(PlainTextResponse(refusal.reason + "\n", refusal.status))
+        headers = {"Retry-After": "1"} if refusal.status == 503 else None
+        await websocket.send_denial_response(PlainTextResponse(refusal.reason + "\n", refusal.status, headers=headers))
         return
     extra = {"room": name, "id": client.id, "remote": addr}
     try:

@@ -10,14 +10,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
+import time
 from collections.abc import Generator
+from types import FrameType
 
 import anyio
 import uvicorn
 from starlette.applications import Starlette
 
 from app import create_app
+from app.cluster import Cluster
 from app.protocol import RoomProtocol
 from app.rooms import Rooms
 from app.settings import Settings
@@ -52,6 +56,7 @@ class Server(uvicorn.Server):
         super().__init__(config)
         self.app = app
         app.state.request_exit = self.request_exit
+        self.drain_until: float | None = None  # while draining (SPEC §16): when to stop waiting
 
     def request_exit(self) -> None:
         self.should_exit = True
@@ -59,6 +64,24 @@ class Server(uvicorn.Server):
     @property
     def rooms(self) -> Rooms | None:
         return getattr(self.app.state, "rooms", None)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """The first SIGTERM with --drain-timeout drains: no new rooms, live rooms go on (SPEC §16)."""
+        settings: Settings = self.app.state.settings
+        cluster: Cluster | None = getattr(self.app.state, "cluster", None)
+        if sig == signal.SIGTERM and settings.drain_timeout > 0 and self.drain_until is None and cluster is not None:
+            self.drain_until = time.monotonic() + settings.drain_timeout
+            cluster.begin_drain()  # flags only: this runs in a signal handler
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_until is not None and not self.should_exit:
+            if counter % 10 == 0:
+                log.info("draining", extra={"rooms": len(self.rooms.running) if self.rooms else 0})
+            if not (self.rooms and self.rooms.running) or time.monotonic() >= self.drain_until:
+                self.should_exit = True  # what is left is closed with 1001 by shutdown()
+        return await super().on_tick(counter)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)

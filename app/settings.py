@@ -9,7 +9,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import shutil
+import socket
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Self
@@ -18,6 +21,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
+INSTANCE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class FrameMode(StrEnum):
@@ -72,6 +76,15 @@ class Settings(BaseSettings):
     # SPEC §15, for scalesocket 0.2 users.
     delimiters: str | None = Field(None, description="Output items end at any of these characters instead of \\n")
     null: bool = Field(False, description="Output items end at NUL")
+    # A cluster of instances sharing rooms through a registry (SPEC §16; docs/cluster.md).
+    registry: str | None = Field(None, description="redis://HOST:PORT[/DB] holding which instance owns which room")
+    advertise: str | None = Field(None, description="HOST:PORT other instances use to reach this one")
+    instance: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", description="This instance's name"
+    )
+    drain_timeout: float = Field(0.0, ge=0, description="On SIGTERM, keep serving live rooms up to this long")
+    lease_ttl: float = Field(15.0, gt=0, description="How long a room stays owned by an instance that stopped renewing")
+    cluster_secret: str | None = Field(None, min_length=1, description="Authenticates instances to each other")
 
     # Tunables without a flag of their own (settable through SCALESOCKET_<NAME>).
     max_message_size: int = Field(16 * MiB, ge=1024, description="Largest message in either direction, bytes")
@@ -142,6 +155,27 @@ class Settings(BaseSettings):
             raise ValueError(f"{str(staticdir)!r} is not a directory")
         return staticdir.resolve() if staticdir is not None else None
 
+    @field_validator("registry")
+    @classmethod
+    def _check_registry(cls, url: str | None) -> str | None:
+        if url is not None:
+            parse_registry_url(url)
+        return url
+
+    @field_validator("advertise")
+    @classmethod
+    def _check_advertise(cls, advertise: str | None) -> str | None:
+        if advertise is not None:
+            split_host_port(advertise)
+        return advertise
+
+    @field_validator("instance")
+    @classmethod
+    def _check_instance(cls, name: str) -> str:
+        if not INSTANCE_NAME.fullmatch(name):
+            raise ValueError(f"expected 1-64 letters, digits, '.', '_' or '-', got {name!r}")
+        return name
+
     @model_validator(mode="after")
     def _check_frames(self) -> Self:
         if self.frame is not None and (self.client_frame is not None or self.server_frame is not None):
@@ -193,6 +227,16 @@ class Settings(BaseSettings):
         return found
 
     @property
+    def advertised(self) -> str:
+        """HOST:PORT peers reach this instance at: --advertise, else --addr unless it is a wildcard."""
+        if self.advertise is not None:
+            return self.advertise
+        host, port = self.host, self.port
+        if host in ("0.0.0.0", "::"):
+            host = socket.gethostbyname(socket.gethostname())  # a pod's host name resolves to its IP
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @property
     def attach_delay(self) -> float:
         if self.cmd_attach_delay is not None:
             return self.cmd_attach_delay
@@ -236,3 +280,29 @@ def unescape_delimiters(value: str) -> bytes:
     if not chars:
         raise ValueError("expected at least one character")
     return "".join(chars).encode()
+
+
+def split_host_port(addr: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` (a name or an address) -> (host, port); ValueError otherwise."""
+    host, sep, port = addr.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535 or any(c in host for c in "/ @"):
+        raise ValueError(f"expected HOST:PORT such as 10.0.0.7:9000, got {addr!r}")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class RegistryURL:
+    host: str
+    port: int
+    db: int
+
+
+def parse_registry_url(url: str) -> RegistryURL:
+    """`redis://HOST[:PORT][/DB]` -> its parts; ValueError otherwise."""
+    match = re.fullmatch(r"redis://(\[[^\]]+\]|[^/:@\[\]]+)(?::(\d{1,5}))?(?:/(\d{1,2})?)?", url)
+    if match is None or (match[2] is not None and not 0 < int(match[2]) <= 65535):
+        raise ValueError(f"expected redis://HOST:PORT[/DB], got {url!r}")
+    host = match[1][1:-1] if match[1].startswith("[") else match[1]
+    return RegistryURL(host, int(match[2] or 6379), int(match[3] or 0))

@@ -12,14 +12,22 @@ exit status then goes back to the server. The server's side of the socket is `ap
 
 Messages are JSON objects on a SOCK_SEQPACKET socket, one per datagram:
 
-    server -> spawner  {"op": "spawn", "path", "args", "env"} + fds 0, 1, 2 for the child
+    server -> spawner  {"op": "spawn", "path", "args", "env", "deadline"?} + fds 0, 1, 2 for the child
                        {"op": "signal", "pid", "sig", "group"}
+                       {"op": "deadline", "pids", "at"}
     spawner -> server  {"op": "started", "pid"} or {"op": "failed", "errno", "error"}, in request order
                        {"op": "exited", "pid", "code"}  (code as `os.waitstatus_to_exitcode`)
 
 End of file on the socket means the server is gone or done: every child still running has its
 group killed and is reaped, then the spawner exits. It runs with `python -I -S` and imports only
 the standard library, so it starts in milliseconds and holds a few MB.
+
+Deadlines (SPEC §16, fencing): a cluster room's child may only run while its instance holds the
+room's lease. The server sends each child's deadline (a `time.monotonic()` value: CLOCK_MONOTONIC
+is one clock for every process of the machine) with the spawn and after every renewal; once it
+passes, this process kills the child's group itself. It does not depend on the server being
+scheduled, so a server paused by SIGSTOP or a long stall cannot leave its child running past the
+lease, which is what lets another instance start the room's next child.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import selectors
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 # A request is argv + environment; one datagram must fit the socket's default send buffer (about
@@ -70,10 +79,16 @@ class Helper:
         self.selector = selectors.DefaultSelector()
         self.selector.register(sock, selectors.EVENT_READ)
         self.pidfds: dict[int, int] = {}  # pid -> pidfd, for every child not yet reaped
+        self.deadlines: dict[int, float] = {}  # pid -> monotonic time past which it is killed
 
     def serve(self) -> None:
         while True:
-            for key, _ in self.selector.select():
+            timeout = None
+            if self.deadlines:
+                timeout = max(0.0, min(self.deadlines.values()) - time.monotonic())
+            events = self.selector.select(timeout)
+            self.enforce_deadlines()
+            for key, _ in events:
                 if key.fileobj is self.sock:
                     if not self.request():
                         self.finish()
@@ -95,6 +110,10 @@ class Helper:
                 self.spawn(message, fds)
             elif message["op"] == "signal":
                 self.signal(message["pid"], message["sig"], message["group"])
+            elif message["op"] == "deadline":
+                for pid in message["pids"]:
+                    if pid in self.pidfds:
+                        self.deadlines[pid] = float(message["at"])
         finally:
             for fd in fds:  # the child has its own copies now (or never will)
                 os.close(fd)
@@ -114,7 +133,16 @@ class Helper:
         pidfd = os.pidfd_open(pid)
         self.pidfds[pid] = pidfd
         self.selector.register(pidfd, selectors.EVENT_READ, pid)
+        if message.get("deadline") is not None:
+            self.deadlines[pid] = float(message["deadline"])
         self.send({"op": "started", "pid": pid})
+
+    def enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        for pid, deadline in list(self.deadlines.items()):
+            if deadline <= now:
+                del self.deadlines[pid]  # killed once; it is reaped like any other exit
+                self.signal(pid, signal.SIGKILL, group=True)
 
     def signal(self, pid: int, sig: int, group: bool) -> None:
         if pid not in self.pidfds:
@@ -133,6 +161,7 @@ class Helper:
         self.signal(pid, signal.SIGKILL, group=True)
         _, status = os.waitpid(pid, 0)
         pidfd = self.pidfds.pop(pid)
+        self.deadlines.pop(pid, None)
         self.selector.unregister(pidfd)
         os.close(pidfd)
         self.send({"op": "exited", "pid": pid, "code": os.waitstatus_to_exitcode(status)})

@@ -46,6 +46,12 @@ FLAGS = {  # Settings field -> the flag a user typed
     "stop_grace": "--closems",
     "delimiters": "--delimiters",
     "null": "--null",
+    "registry": "--registry",
+    "advertise": "--advertise",
+    "instance": "--instance",
+    "drain_timeout": "--drain-timeout",
+    "lease_ttl": "SCALESOCKET_LEASE_TTL",
+    "cluster_secret": "SCALESOCKET_CLUSTER_SECRET",
 }
 MODES = ["binary", "json", "gwsocket"]  # gwsocket: scalesocket 0.2's name for binary
 
@@ -175,6 +181,24 @@ def parser() -> Parser:
         metavar="<json|text>",
         choices=["json", "text"],
         help="Log format: --log=json is --json (scalesocket 0.2's spelling)",
+    )
+    cluster = p.add_argument_group("cluster (docs/cluster.md)")
+    cluster.add_argument(
+        "--registry", metavar="<URL>", help="redis://HOST:PORT[/DB] holding which instance owns which room"
+    )
+    cluster.add_argument(
+        "--advertise",
+        metavar="<HOST:PORT>",
+        help="Address other instances use to reach this one [default: --addr unless 0.0.0.0]",
+    )
+    cluster.add_argument(
+        "--instance", metavar="<NAME>", help="This instance's name in logs and INSTANCE [default: host name-pid]"
+    )
+    cluster.add_argument(
+        "--drain-timeout",
+        metavar="<SECONDS>",
+        type=float,
+        help="On SIGTERM, keep serving live rooms up to this long [default: 0]",
     )
     p.epilog = "ARGS after `--` are passed to CMD unchanged."
     return p

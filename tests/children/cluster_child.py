@@ -1,0 +1,36 @@
+"""A cluster test child: logs its start, every line it receives and its exit to the file ARGV[1],
+each with time.monotonic() (one clock for every process of the machine), and answers every line
+with "<instance> <pid> <line>"."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+
+def main() -> int:
+    log = open(sys.argv[1], "a", buffering=1)
+    room, instance, pid = os.environ.get("ROOM", "?"), os.environ.get("INSTANCE", "?"), os.getpid()
+
+    def record(what: str, text: str = "") -> None:
+        log.write(f"{what} {room} {instance} {pid} {time.monotonic():.6f} {text}\n")
+
+    def terminated(signum: int, frame: object) -> None:
+        record("exit", "SIGTERM")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, terminated)
+    record("start", os.environ.get("REMOTE_ADDR", ""))
+    for line in sys.stdin:
+        text = line.rstrip("\n")
+        record("line", text)
+        sys.stdout.write(f"{instance} {pid} {text}\n")
+        sys.stdout.flush()
+    record("exit", "eof")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

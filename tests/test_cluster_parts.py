@@ -1,0 +1,183 @@
+"""SPEC §16-§17, piece by piece: the cluster options, /health/ready, the spawner helper's deadline,
+the registry's scripts against a real redis-server, and an instance started while Redis is away."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from app.cluster import Lease
+from app.registry import Owner
+from app.settings import parse_registry_url
+from cli.__main__ import to_settings
+from tests.cluster_harness import REDIS, Instance, Redis, open_client
+from tests.conftest import TIMEOUT, Serve, alive, child_settings, recv_text, wait_gone
+
+pytestmark = pytest.mark.anyio
+needs_redis = pytest.mark.skipif(REDIS is None, reason="needs redis-server (see .ci/run)")
+
+
+@pytest.mark.parametrize(
+    ("url", "parts"),
+    [
+        ("redis://127.0.0.1:6379", ("127.0.0.1", 6379, 0)),
+        ("redis://redis.default.svc:6380/2", ("redis.default.svc", 6380, 2)),
+        ("redis://[::1]:7000/", ("::1", 7000, 0)),
+        ("redis://redis", ("redis", 6379, 0)),
+    ],
+)
+def test_registry_urls_that_parse(url: str, parts: tuple[str, int, int]) -> None:
+    parsed = parse_registry_url(url)
+    assert (parsed.host, parsed.port, parsed.db) == parts
+
+
+@pytest.mark.parametrize(
+    "url", ["", "redis", "http://x:1", "redis://", "redis://x:0", "redis://x:99999", "redis://x:1/db", "redis://a@b:1"]
+)
+def test_registry_url_that_does_not_parse_exits_2_naming_the_option(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        to_settings(["--registry", url, "cat"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--registry" in err
+
+
+def test_cluster_options_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCALESOCKET_LEASE_TTL", "3.5")
+    monkeypatch.setenv("SCALESOCKET_CLUSTER_SECRET", "s3")
+    s = to_settings(["--registry", "redis://r:1", "--advertise", "10.0.0.7:9000", "--instance", "a-1", "cat"])
+    assert (s.registry, s.advertised, s.instance, s.lease_ttl, s.cluster_secret) == (
+        "redis://r:1",
+        "10.0.0.7:9000",
+        "a-1",
+        3.5,
+        "s3",
+    )
+    assert to_settings(["--drain-timeout", "30", "--addr", "10.1.2.3:9001", "cat"]).advertised == "10.1.2.3:9001"
+
+
+@pytest.mark.parametrize("argv", [["--advertise", "nohostport"], ["--instance", "a b"], ["--drain-timeout", "-1"]])
+def test_bad_cluster_option_exits_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        to_settings([*argv, "cat"])
+    assert exited.value.code == 2
+
+
+@given(st.integers(min_value=0, max_value=2**62), st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True))
+def test_owner_round_trip(token: int, instance: str) -> None:
+    owner = Owner(token, instance, "10.0.0.1:9000")
+    assert Owner.decode(owner.encode()) == owner
+
+
+async def test_single_instance_is_ready_and_not_while_draining(server: Serve) -> None:
+    async with server(child_settings("echo")) as s, httpx.AsyncClient() as http:
+        response = await http.get(s.http + "/health/ready")
+        assert (response.status_code, response.json()) == (200, {"status": "ready"})
+        s.server.app.state.cluster.begin_drain()
+        response = await http.get(s.http + "/health/ready")
+        assert (response.status_code, response.json()) == (503, {"status": "draining"})
+        assert (await http.get(s.http + "/health")).status_code == 200
+
+
+async def test_child_gets_instance_in_its_environment(server: Serve) -> None:
+    async with server(child_settings("env", instance="box-7")) as s, s.connect("/r") as ws:
+        assert '"INSTANCE": "box-7"' in await recv_text(ws)
+
+
+async def test_helper_kills_a_child_at_its_deadline_even_while_the_server_is_paused(server: Serve) -> None:
+    """The deadline lives in the spawner helper: nothing of the server needs to run for it."""
+    async with server(child_settings("echo")) as s, s.connect("/r") as ws:
+        pid = int((await recv_text(ws)).split()[1])
+        room = s.rooms.live["r"]
+        spawner = s.rooms.spawner
+        spawner.set_deadline([pid], time.monotonic() + 0.3)
+        time.sleep(0.6)  # the server's loop is held (as if paused); the helper is not  # noqa: ASYNC251
+        assert not alive(pid)
+        await wait_gone(pid)
+        assert room.child is not None
+        with anyio.fail_after(TIMEOUT):
+            await room.child.exited.wait()
+
+
+def test_a_lease_past_its_deadline_fences_at_the_first_check() -> None:
+    fenced: list[str] = []
+
+    class FakeCluster:  # only what Lease calls
+        def fence(self, lease: Lease, reason: str) -> None:
+            fenced.append(reason)
+
+    lease = Lease(FakeCluster(), "r", "1 a b:1", time.monotonic() + 60)  # type: ignore[arg-type]
+    assert not lease.expired() and not fenced
+    lease.deadline = time.monotonic() - 0.001
+    assert lease.expired() and fenced == ["room lease expired"]
+
+
+@needs_redis
+async def test_registry_scripts(tmp_path: Path) -> None:
+    from app.registry_redis import RedisRegistry
+
+    redis = Redis(tmp_path)
+    await redis.start()
+    registry = RedisRegistry(parse_registry_url(redis.url), timeout=1.0)
+    try:
+        await registry.connect()
+        assert await registry.claim("r", "a", "a:1", 0.2) is None  # a new Redis: one quiet lease first
+        with anyio.fail_after(TIMEOUT):
+            while (mine := await registry.claim("r", "a", "a:1", 5)) is None:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+        assert (mine.instance, mine.address) == ("a", "a:1")
+        theirs = await registry.claim("r", "b", "b:1", 5)
+        assert theirs == mine  # the current owner, atomically
+        assert await registry.renew({"r": mine.encode()}, 5, "a", "a:1") == set()
+        assert await registry.renew({"r": "9 b b:1"}, 5, "b", "b:1") == {"r"}  # not b's to renew
+        await registry.release("r", "9 b b:1")  # compare and delete: not b's to release either
+        assert await registry.claim("r", "b", "b:1", 5) == mine
+        assert await registry.peers() == {"a": "a:1", "b": "b:1"}
+        await registry.renew({}, 5, "b", None)  # b drains: it takes no new rooms
+        assert await registry.peers() == {"a": "a:1"}
+        await registry.release("r", mine.encode())
+        second = await registry.claim("r", "b", "b:1", 5)
+        assert second is not None and second.instance == "b" and second.token > mine.token
+        assert await registry.secret() == await registry.secret()
+    finally:
+        await registry.close()
+        await redis.stop()
+
+
+@needs_redis
+async def test_redis_unreachable_at_start_up_then_answering(tmp_path: Path) -> None:
+    redis = Redis(tmp_path)  # its port is free: nothing answers there yet
+    children_log = tmp_path / "children.log"
+    children_log.touch()
+    instance = Instance(tmp_path, 1, redis, children_log, ttl=1.0)
+    await instance.start()
+    try:
+        await instance.wait_status(200, path="/health")
+        assert await instance.status() == 503
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(instance.url + "/r", open_timeout=TIMEOUT)
+        assert refused.value.response.status_code == 503
+        assert b"room registry unreachable" in instance.log.read_bytes()
+        assert b"ERROR" in instance.log.read_bytes()
+        await redis.start()
+        await instance.wait_status(200, within=3 + TIMEOUT)
+        ws = await open_client(instance.url + "/r")
+        await ws.send("hi")
+        assert (await recv_text(ws)).endswith(" hi")
+        await ws.close()
+    finally:
+        instance.signal(signal.SIGTERM)
+        await instance.wait_exit()
+        await instance.close()
+        await redis.stop()
