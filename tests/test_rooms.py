@@ -177,7 +177,7 @@ async def test_child_environment_is_exactly_passenv_and_cgi(server: Serve, monke
         env = json.loads(await recv_text(ws))
     # python itself may add LC_CTYPE when started without a locale
     env.pop("LC_CTYPE", None)
-    assert env.keys() == {"KEEP_ME", "QUERY_STRING", "REMOTE_ADDR", "ROOM"}
+    assert env.keys() == {"KEEP_ME", "QUERY_STRING", "REMOTE_ADDR", "ROOM", "INSTANCE"}  # INSTANCE: SPEC §16
     assert env["KEEP_ME"] == "yes"
     assert env["QUERY_STRING"] == "a=1&b=2"
     assert env["ROOM"] == "envroom"

@@ -110,7 +110,7 @@ async def test_child_gets_port_and_exactly_its_environment(server: Serve) -> Non
     async with server(tcp_settings("env", ports=ports, passenv=[])) as s, s.connect("/envroom?x=1") as ws:
         env = json.loads(await recv_text(ws))
     env.pop("LC_CTYPE", None)  # python itself may add it when started without a locale
-    assert env.keys() == {"QUERY_STRING", "REMOTE_ADDR", "ROOM", "PORT"}
+    assert env.keys() == {"QUERY_STRING", "REMOTE_ADDR", "ROOM", "PORT", "INSTANCE"}  # INSTANCE: SPEC §16
     assert (env["QUERY_STRING"], env["ROOM"]) == ("x=1", "envroom")
     assert int(env["PORT"]) in range(*ports)
 
