@@ -23,7 +23,7 @@ from app.cluster import Cluster
 from app.metrics import HttpMetrics, Metrics
 from app.process import Spawner
 from app.rooms import Rooms
-from app.routes import FastPath, State, bad_path, health, ready, room_socket
+from app.routes import RoomShortcut, State, bad_path, health, ready, room_socket
 from app.settings import Settings
 from app.static import StaticDir
 from app.stats import stats
@@ -84,7 +84,7 @@ def create_app(settings: Settings) -> Starlette:
     if settings.staticdir is not None:
         # A Route rather than Mount("/"): its template labels the HTTP metrics ("/{path:path}", not "").
         routes.append(Route("/{path:path}", StaticDir(settings.staticdir), name="static"))
-    middleware = [Middleware(FastPath)]  # outermost: it must see uvicorn's own `send`
+    middleware = [Middleware(RoomShortcut)]
     if metrics is not None:
         middleware.append(Middleware(HttpMetrics, metrics=metrics))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)

@@ -1,12 +1,13 @@
 """Room: one child shared by the clients of one `/<room>` path.
 
 The data path reads top to bottom: the child's output arrives in `_on_output`, is decoded into
-deliveries and pushed to each client (`_deliver`: straight to its socket when it takes data, else
-into its bounded outbox); while any outbox is full the child's output is paused, so the child is
-slowed through its pipe and nothing is dropped. Client messages go the other way through
-`from_client` (as parsed, under the CLI) or `send_to_child` (through ASGI), and stop reading the
-client while the child's input is full. `run` owns the child's whole life: spawn, attach, wait for
-exit or stop, always reap.
+deliveries (app.translate) and offered to each client's connection (`_deliver`; app.connection:
+straight to its socket when it takes data, else into its bounded outbox); while any outbox is full
+the child's output is paused, so the child is slowed through its pipe and nothing is dropped.
+Client messages go the other way through `from_client`, handed over as they are parsed, and stop
+reading that client while the child's input is full. `run` owns the child's whole life: spawn,
+attach, wait for exit or stop, always reap. The room keeps its membership and the slow-client
+clock; sockets are the connections' business.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ import anyio
 
 from app.channel import Channel
 from app.child import describe_exit, start_child
-from app.clients import Client
+from app.connection.base import Connection
 from app.process import Process, Spawner
-from app.senders import Disconnected, Sender
 from app.settings import Settings
 from app.tcp import connect_channel
 from app.templates import ClientInfo, Template
@@ -34,7 +34,6 @@ from app.translate import Delivery, InputEncoder, OutputDecoder, ProtocolError
 log = logging.getLogger("scalesocket.room")
 
 NORMAL, GOING_AWAY, POLICY, INTERNAL_ERROR = 1000, 1001, 1008, 1011
-DISCONNECT_POLL = 1.0  # how often a reader blocked on a full stdin checks that its client is still there
 
 
 class RoomLease(Protocol):
@@ -96,7 +95,7 @@ class Room:
         self.name = name
         self.settings = settings
         self.port = port  # --tcp: lent by Rooms, returned when run() is done
-        self.clients: dict[int, Client] = {}
+        self.clients: dict[int, Connection] = {}
         self.child: Process | None = None
         self.started = time.time()  # wall clock, for /<room>/stats and the metrics' `_created`
         self.joins = 0  # clients that ever joined (the connections_total metric)
@@ -118,51 +117,53 @@ class Room:
         self._stop = anyio.Event()
         self._output_done = anyio.Event()
         self._changed = anyio.Event()  # set on a stop request, the child's exit, or the end of its output
-        self._blocked = 0  # clients whose outbox is full
+        self._full: set[int] = set()  # clients whose outbox is full: the child's output is paused
+        self._blame: dict[int, float] = {}  # seconds a full client held the room back while others kept up
         self._paused = False
-        self._stalled_readers: dict[int, Callable[[], None]] = {}  # clients paused on a full input
+        self._stalled_readers: dict[int, Connection] = {}  # clients paused on a full (or not yet open) input
+        self._early: list[bytes] = []  # input that came before the child was attached, in order
         self._tg: anyio.abc.TaskGroup | None = None  # the room's own: the slow-client watcher runs in it
         self._watching = False
 
     # --- clients --------------------------------------------------------------------------------
 
-    def add(self, info: ClientInfo) -> Client:
-        client = Client(info, self.settings.outbox_bytes, self._on_unblocked)
-        self.clients[info.id] = client
+    def add(self, conn: Connection) -> None:
+        self.clients[conn.id] = conn
+        conn.on_unblocked = functools.partial(self._on_unblocked, conn)
         self.joins += 1
-        return client
 
-    def leave(self, client: Client) -> None:
+    def leave(self, conn: Connection) -> None:
         """The client is gone: tell the child, and stop it after the last one."""
-        if self.clients.pop(client.id, None) is None:
+        if self.clients.pop(conn.id, None) is None:
             return
-        self._stalled_readers.pop(client.id, None)
-        if client.full:
-            client.full = False
-            self._on_unblocked(client, removed=True)
+        self._stalled_readers.pop(conn.id, None)
+        self._on_unblocked(conn)
         if self._leavemsg is not None and self._channel is not None:
             # Queued even past the pipe's high-water mark: one message per leaving client stays bounded.
-            self._channel.write(self.encoder.notice(client.id, self._leavemsg.expand(client.info)))
+            assert conn.info is not None
+            self._channel.write(self.encoder.notice(conn.id, self._leavemsg.expand(conn.info)))
         if not self.clients:
             self.request_stop()
 
-    async def joined(self, client: Client, sender: Sender) -> None:
+    def joined(self, conn: Connection) -> None:
+        """The client's websocket is open: its join message goes to the child first."""
         if self._joinmsg is not None:
-            await self.send_to_child(self.encoder.notice(client.id, self._joinmsg.expand(client.info)), sender)
+            assert conn.info is not None
+            self._to_child(conn, self.encoder.notice(conn.id, self._joinmsg.expand(conn.info)))
 
     def refuse(self, code: int, reason: str) -> None:
         """Close the clients of a room that will never run (no free --tcp port): `run` is not called."""
-        self._attached.set()  # there is no child: a join message or an early client message returns at once
-        for client in self.clients.values():
-            client.request_close(code, reason, drain=False)
+        self._set_attached()  # there is no child: early input is dropped, and nothing waits for one
+        for conn in self.clients.values():
+            conn.close(code, reason, drain=False)
 
     def fence(self, code: int, reason: str) -> None:
         """The room's lease is over (SPEC §16): clients closed, the child killed now, not stopped."""
         if self.fenced:
             return
         self.fenced = True
-        for client in list(self.clients.values()):
-            client.request_close(code, reason, drain=False)
+        for conn in list(self.clients.values()):
+            conn.close(code, reason, drain=False)
         if self._channel is not None:
             self._channel.close_input()
         if self.child is not None:
@@ -189,46 +190,53 @@ class Room:
 
     # --- client -> child ------------------------------------------------------------------------
 
-    async def send_to_child(self, data: bytes, sender: Sender) -> None:
-        """Write to the child, in order; waits (and so stops reading the client) while its input is full."""
+    def from_client(self, conn: Connection, is_text: bool, payload: bytes) -> None:
+        """A client message, handed over as it was parsed."""
+        encoded = self.encoder.message(conn.id, is_text, payload)
+        if encoded is not None:
+            self._to_child(conn, encoded)
+
+    def _to_child(self, conn: Connection, data: bytes) -> None:
+        """Write to the child, in order; stop reading that client while the child's input is full
+        (or not attached yet: what came meanwhile waits, one message per client at most)."""
         if not self._attached.is_set():
-            await self._attached.wait()  # messages sent meanwhile wait here, in order
+            self._early.append(data)
+            conn.pause_reading()
+            self._stalled_readers[conn.id] = conn
+            return
         channel = self._channel
         if channel is None or channel.closed or self.lease.deadline <= time.monotonic() and self.lease.expired():
             return  # the child is gone (or its lease is); its clients are being closed
         channel.write(data)
         self.messages_in += 1
         self.bytes_in += len(data)
-        while not channel.writable:
-            with anyio.move_on_after(DISCONNECT_POLL):
-                await channel.wait_writable()
-            if sender.disconnected:
-                raise Disconnected
+        if not channel.writable:
+            conn.pause_reading()
+            self._stalled_readers[conn.id] = conn
 
     @property
     def attached(self) -> bool:
         return self._attached.is_set()
 
-    def from_client(self, client: Client, sender: Sender, text: str | None, data: bytes | None) -> None:
-        """A client message handed over as it was parsed (RoomProtocol): write it at once, and stop
-        reading that client while the child's input is full."""
-        encoded = self.encoder.message(client.id, text, data)
+    def _set_attached(self) -> None:
+        """The child takes input now: what came before goes first, then its clients read on."""
+        if self._attached.is_set():
+            return
+        self._attached.set()
+        early, self._early = self._early, []
         channel = self._channel
-        if encoded is None or channel is None or channel.closed:
-            return
-        if self.lease.deadline <= time.monotonic() and self.lease.expired():
-            return
-        channel.write(encoded)
-        self.messages_in += 1
-        self.bytes_in += len(encoded)
-        if not channel.writable:
-            sender.pause_reading()
-            self._stalled_readers[client.id] = sender.resume_reading
+        if channel is not None and not channel.closed and not self.lease.expired():
+            for data in early:
+                channel.write(data)
+                self.messages_in += 1
+                self.bytes_in += len(data)
+        if channel is None or channel.writable or channel.closed:
+            self._resume_readers()
 
     def _resume_readers(self) -> None:
         readers, self._stalled_readers = self._stalled_readers, {}
-        for resume in readers.values():
-            resume()
+        for conn in readers.values():
+            conn.resume_reading()
 
     # --- child -> clients -----------------------------------------------------------------------
 
@@ -245,21 +253,22 @@ class Room:
 
     def _deliver(self, deliveries: list[Delivery]) -> None:
         clients = self.clients
+        full = self._full
         for target, batch in deliveries:
             if target is None:
-                for client in clients.values():
-                    if client.push(batch):
-                        self._blocked += 1
+                for conn in clients.values():
+                    if not conn.offer(batch):
+                        full.add(conn.id)
                 self.messages_out += len(batch.payloads) * len(clients)
                 self.bytes_out += batch.payload_bytes * len(clients)
             elif (recipient := clients.get(target)) is not None:
-                if recipient.push(batch):
-                    self._blocked += 1
+                if not recipient.offer(batch):
+                    full.add(target)
                 self.messages_out += len(batch.payloads)
                 self.bytes_out += batch.payload_bytes
             else:
                 log.debug("dropping message for a client not in this room", extra={"room": self.name, "id": target})
-        if self._blocked and not self._paused:
+        if full and not self._paused:
             self._pause()
 
     def _pause(self) -> None:
@@ -270,10 +279,13 @@ class Room:
             self._watching = True  # only a room held back with others in it can have a client to close
             self._tg.start_soon(self._watch_slow_clients)
 
-    def _on_unblocked(self, client: Client, removed: bool = False) -> None:
-        if removed or client.id in self.clients:
-            self._blocked -= 1
-        if self._blocked == 0 and self._paused:
+    def _on_unblocked(self, conn: Connection) -> None:
+        """`conn`'s outbox is no longer full (or it left)."""
+        if conn.info is None:
+            return
+        self._full.discard(conn.id)
+        self._blame.pop(conn.id, None)
+        if not self._full and self._paused:
             self._paused = False
             if self._channel is not None:
                 self._channel.resume_output()
@@ -291,28 +303,29 @@ class Room:
                 elapsed, last = now - last, now
                 # Keeping up: room in its outbox and a socket that takes data. An empty outbox alone is
                 # not enough: while the room is paused a stalled client's outbox stops filling.
-                keeping_up = [c for c in self.clients.values() if c.queued <= half and not c.socket_full()]
-                for client in [c for c in self.clients.values() if c.full]:
-                    if any(other is not client for other in keeping_up):
-                        client.blame += elapsed
-                        if client.blame >= timeout:
-                            self._kick(client)
+                keeping_up = [c for c in self.clients.values() if c.queued <= half and not c.socket_full]
+                for client_id in list(self._full):
+                    conn = self.clients.get(client_id)
+                    if conn is not None and any(other is not conn for other in keeping_up):
+                        blame = self._blame[client_id] = self._blame.get(client_id, 0.0) + elapsed
+                        if blame >= timeout:
+                            self._kick(conn, blame)
         finally:
             self._watching = False
 
-    def _kick(self, client: Client) -> None:
+    def _kick(self, conn: Connection, blame: float) -> None:
         log.warning(
             "closing slow client: its full queue held the room back",
-            extra={"room": self.name, "id": client.id, "seconds": round(client.blame, 2)},
+            extra={"room": self.name, "id": conn.id, "seconds": round(blame, 2)},
         )
         self._rooms.slow_clients += 1
-        self.leave(client)
-        client.request_close(POLICY, "client too slow", drain=False)
+        self.leave(conn)
+        conn.close(POLICY, "client too slow", drain=False)
 
     def _fail(self, reason: str) -> None:
         log.error(reason, extra={"room": self.name})
-        for client in list(self.clients.values()):
-            client.request_close(INTERNAL_ERROR, reason[:123], drain=True)
+        for conn in list(self.clients.values()):
+            conn.close(INTERNAL_ERROR, reason[:123], drain=True)
         self.request_stop()
 
     # --- the child's life -----------------------------------------------------------------------
@@ -373,7 +386,7 @@ class Room:
             log.exception("room failed", extra={"room": self.name})
             self._fail("internal error")
         finally:
-            self._attached.set()  # nobody may wait to write to a child that is gone
+            self._set_attached()  # nobody may wait to write to a child that is gone
             with anyio.CancelScope(shield=True):
                 if self._channel is not None:
                     self._channel.close_input()
@@ -397,7 +410,7 @@ class Room:
             await first(functools.partial(anyio.sleep, delay), self._stop.wait, self.child.exited.wait)
             if self._channel is not None and not self._paused:
                 self._channel.resume_output()
-        self._attached.set()
+        self._set_attached()
 
     async def _connect(self) -> None:
         """--tcp: after the attach delay, connect to the child's port; give up if it exits or the room stops."""
@@ -433,8 +446,8 @@ class Room:
             self._fail(f"child output ended inside a gwsocket frame ({self._decoder.truncated} bytes)")
             return
         code = NORMAL if child.returncode == 0 else INTERNAL_ERROR
-        for client in list(self.clients.values()):
-            client.request_close(code, describe_exit(child.returncode), drain=True)
+        for conn in list(self.clients.values()):
+            conn.close(code, describe_exit(child.returncode), drain=True)
 
 
 _template = functools.lru_cache(maxsize=8)(Template)  # compiled once per server, not per room

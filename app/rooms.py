@@ -11,15 +11,14 @@ created (still with no `await`), and gives it back when its run is over.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Callable
 
 import anyio
 import anyio.abc
 from starlette.status import WS_1013_TRY_AGAIN_LATER
 
 from app.child import shell_status
-from app.clients import Client
+from app.connection.base import Connection
 from app.process import Spawner
 from app.room import GOING_AWAY, Room
 from app.settings import Settings
@@ -57,6 +56,8 @@ class Rooms:
         self._last_id = 0
         self._sessions = 0
         self._shutting_down = False
+        self._no_connections = anyio.Event()
+        self._no_connections.set()
 
     def next_id(self) -> int:
         """The next free connection id, counting up from 1 and wrapping after 2^32 - 1."""
@@ -68,14 +69,12 @@ class Rooms:
                 self._ids_in_use.add(candidate)
                 return candidate
 
-    def start_soon(self, func: Callable[..., Coroutine[Any, Any, object]], *args: object) -> None:
-        """Run a connection's task (its writer) in the server's task group, which outlives rooms."""
-        self._tg.start_soon(func, *args)
-
     def release_id(self, client_id: int) -> None:
         self._ids_in_use.discard(client_id)
+        if not self._ids_in_use:
+            self._no_connections.set()
 
-    def join(self, name: str, make_info: Callable[[int], ClientInfo]) -> tuple[Room, Client]:
+    def join(self, name: str, conn: Connection, make_info: Callable[[int], ClientInfo]) -> Room:
         """Put a new client into room `name`, starting the room (and its child) if needed.
 
         The name "" is websocketd's `/`: every such client gets a room of its own, never registered,
@@ -87,13 +86,13 @@ class Rooms:
         if room is None:
             if self.settings.oneshot and self._sessions:
                 raise Refused(503, "--oneshot: this server has served its one session")
-            info = make_info(self.next_id())
+            conn.info = info = make_info(self.next_id())
             port = None
             if self.settings.tcp:
                 try:
                     port = self.ports.allocate()
                 except PortsExhausted as error:
-                    return self._refused(name, info, str(error))
+                    return self._refused(name, conn, str(error))
             room = Room(name, self.settings, self, info, port)
             if name:
                 self.live[name] = room
@@ -103,19 +102,25 @@ class Rooms:
         elif self.settings.oneshot:
             raise Refused(503, "--oneshot: this server serves a single client")
         else:
-            info = make_info(self.next_id())
-        return room, room.add(info)
+            conn.info = make_info(self.next_id())
+        if self._no_connections.is_set():
+            self._no_connections = anyio.Event()
+        room.add(conn)
+        return room
 
-    def _refused(self, name: str, info: ClientInfo, why: str) -> tuple[Room, Client]:
+    def _refused(self, name: str, conn: Connection, why: str) -> Room:
         """No free port: the client is accepted and closed with 1013, so it sees why (SPEC §12).
 
         The room is never registered or run, so the next client of that name tries again.
         """
-        log.error("refusing new room: %s", why, extra={"room": name, "id": info.id})
-        room = Room(name, self.settings, self, info)
-        client = room.add(info)
+        assert conn.info is not None
+        log.error("refusing new room: %s", why, extra={"room": name, "id": conn.id})
+        room = Room(name, self.settings, self, conn.info)
+        if self._no_connections.is_set():
+            self._no_connections = anyio.Event()
+        room.add(conn)
         room.refuse(WS_1013_TRY_AGAIN_LATER, "no free port for a new room, try again later")
-        return room, client
+        return room
 
     def forget(self, room: Room) -> None:
         if self.live.get(room.name) is room:
@@ -138,11 +143,10 @@ class Rooms:
         """Close every client and start stopping every child, all at once."""
         self._shutting_down = True
         for room in list(self.running):
-            for client in list(room.clients.values()):
-                client.request_close(code, reason, drain=False)
+            for conn in list(room.clients.values()):
+                conn.close(code, reason, drain=False)
             room.request_stop()
 
     async def wait_clients_closed(self) -> None:
-        for room in list(self.running):
-            for client in list(room.clients.values()):
-                await client.closed.wait()
+        """Until every websocket has left (its closing handshake done, or its socket gone)."""
+        await self._no_connections.wait()

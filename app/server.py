@@ -7,6 +7,7 @@ gone within the stop grace period plus a second (SPEC §3).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -22,7 +23,7 @@ from starlette.applications import Starlette
 
 from app import create_app
 from app.cluster import Cluster
-from app.protocol import RoomProtocol
+from app.connection import fast_path_problem, protocol_class
 from app.rooms import Rooms
 from app.settings import Settings
 
@@ -31,12 +32,22 @@ log = logging.getLogger("scalesocket")
 CLOSE_WAIT = 0.5  # how long shutdown waits for close frames to go out before uvicorn takes over
 
 
+def ws_protocol(app: Starlette) -> type[asyncio.Protocol] | str:
+    """Our own websocket protocol if this uvicorn has what it needs; else uvicorn's, with a warning
+    (the app then serves websockets through plain ASGI: slower, still bounded)."""
+    problem = fast_path_problem()
+    if problem is not None:
+        log.warning("serving websockets through plain ASGI: %s", problem)
+        return "websockets-sansio"
+    return protocol_class(getattr(app.state, "inbound", None))
+
+
 def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        ws=RoomProtocol,  # websockets-sansio, with client messages handed to rooms directly
+        ws=ws_protocol(app),
         ws_max_size=settings.max_message_size,
         ws_ping_interval=settings.ping_interval or None,  # 0: no pings
         ws_ping_timeout=settings.ping_timeout or None,  # 0: no deadline for the pong

@@ -186,19 +186,17 @@ class InputEncoder:
         self._mode = settings.client_framing
         self._newline = b"" if settings.binary else b"\n"
 
-    def message(self, client_id: int, text: str | None, data: bytes | None) -> bytes | None:
+    def message(self, client_id: int, is_text: bool, payload: bytes) -> bytes | None:
+        """A client message (text payloads are valid UTF-8) as the child's input; None: drop it."""
         if self._mode is FrameMode.json:
-            stamped = framing.stamp_id(text if text is not None else data or b"", client_id)
+            stamped = framing.stamp_id(payload.decode() if is_text else payload, client_id)
             if stamped is None:
                 log.debug("dropping client message that is not a JSON object", extra={"id": client_id})
                 return None
             return stamped + b"\n"
         if self._mode is FrameMode.binary:
-            if text is not None:
-                return framing.encode_frame(client_id, framing.TEXT, text.encode())
-            return framing.encode_frame(client_id, framing.BINARY, data or b"")
-        payload = text.encode() if text is not None else data or b""
-        return payload + self._newline
+            return framing.encode_frame(client_id, framing.TEXT if is_text else framing.BINARY, payload)
+        return payload + self._newline if self._newline else payload
 
     def notice(self, client_id: int, text: str) -> bytes:
         """A join or leave message: under gwsocket framing a text frame from that client."""

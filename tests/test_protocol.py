@@ -1,5 +1,5 @@
-"""RoomProtocol's own parse of plain data frames (SPEC §4 message paths, RFC 6455): whatever the client
-sends, the child gets exactly what websockets' parser would have given it, in order."""
+"""Our websocket protocol (app.connection) under a real server (SPEC §4 message paths, RFC 6455): whatever
+the client sends, the child gets exactly what websockets' parser would have given it, in order."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.utils import apply_mask
 
-from app.protocol import RoomProtocol
+from app.connection import WebSocketProtocol
 from tests.conftest import TIMEOUT, Serve, child_settings, recv, recv_text
 
 pytestmark = pytest.mark.anyio
@@ -56,9 +56,9 @@ async def test_a_frame_split_across_reads_and_fragmented_messages(server: Serve)
         whole = frame(0x1, b"split")
         ws.transport.write(whole[:2])  # cut right after the 2-byte header: the parser is mid-frame
         (protocol,) = s.server.server_state.connections
-        assert isinstance(protocol, RoomProtocol)
+        assert isinstance(protocol, WebSocketProtocol)
         with anyio.fail_after(TIMEOUT):  # until the server has read the first part on its own
-            while protocol.at_boundary:  # noqa: ASYNC110 - no event for this
+            while not protocol.reader.buffered:  # noqa: ASYNC110 - no event for this
                 await anyio.sleep(0.01)
         ws.transport.write(whole[2:] + frame(0x1, b"frag", fin=False) + frame(0x0, b"mented"))
         ws.transport.write(frame(0x1, b"after"))
