@@ -39,7 +39,7 @@ def ws_protocol(app: Starlette) -> type[asyncio.Protocol] | str:
     if problem is not None:
         log.warning("serving websockets through plain ASGI: %s", problem)
         return "websockets-sansio"
-    return protocol_class(getattr(app.state, "inbound", None))
+    return protocol_class(getattr(getattr(app, "state", None), "inbound", None))
 
 
 def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
