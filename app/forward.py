@@ -30,7 +30,7 @@ SECRET_HEADER = "x-scalesocket-forward"  # the cluster secret: this connection c
 CLIENT_HEADER = "x-scalesocket-client"  # the client's address as the entry instance saw it
 VIA_HEADER = "x-scalesocket-via"  # the entry instance's name, for the owner's logs
 OWNER_LOST = 1012  # the owner went away without a close frame: the client should reconnect
-OPEN_TIMEOUT = 5.0
+OPEN_TIMEOUT = 2.0  # to a healthy owner this takes milliseconds; a paused one must not hold the client long
 UNSENDABLE = frozenset({1005, 1006, 1015})  # codes that never appear in a close frame
 
 
