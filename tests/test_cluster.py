@@ -112,6 +112,26 @@ async def test_rooms_entered_through_every_door_have_one_child(tmp_path: Path) -
         await all_reaped(c)
 
 
+async def test_forwarded_client_is_seen_by_the_owner_with_its_real_address(tmp_path: Path) -> None:
+    async with cluster(tmp_path, count=2) as c:
+        n1, n2 = c.instances
+        async with connect(n1.url + "/where") as a:
+            await a.send("a")
+            assert (await recv_text(a)).split()[0] == "n1"
+            async with connect(n2.url + "/where?who=b", local_addr=("127.0.0.2", 0)) as b:
+                await b.send("b")
+                answer = await recv_text(b)
+                assert answer.split()[0] == "n1"  # carried to the owner
+                assert await recv_text(a) == answer  # one child for both
+                port = b.local_address[1]
+        (life,) = c.children.check()["where"]
+        assert (life.instance, [text for _, text in life.lines if text.startswith("join 127.0.0.2")]) == (
+            "n1",
+            [f"join 127.0.0.2:{port}"],
+        )
+        await all_reaped(c)
+
+
 async def test_forwarded_connection_needs_the_cluster_secret(tmp_path: Path) -> None:
     async with cluster(tmp_path, count=1) as c:
         (n1,) = c.instances

@@ -1,6 +1,6 @@
 """A cluster test child: logs its start, every line it receives and its exit to the file ARGV[1],
 each with time.monotonic() (one clock for every process of the machine), and answers every line
-with "<instance> <pid> <line>"."""
+with "<instance> <pid> <line>" — except join messages ("join #REMOTE_ADDR"), which it only logs."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ def main() -> int:
     for line in sys.stdin:
         text = line.rstrip("\n")
         record("line", text)
+        if text.startswith("join "):  # the instances' --joinmsg: logged, not answered
+            continue
         sys.stdout.write(f"{instance} {pid} {text}\n")
         sys.stdout.flush()
     record("exit", "eof")
