@@ -22,6 +22,7 @@ from typing import Protocol
 
 import anyio
 
+from app.cgi import cgi_environment
 from app.channel import Channel
 from app.child import describe_exit, start_child
 from app.connection.base import Connection
@@ -334,6 +335,8 @@ class Room:
         env = {name: os.environ[name] for name in self.settings.passenv if name in os.environ}
         env.update(QUERY_STRING=self._starter.query_string, REMOTE_ADDR=self._starter.remote_addr, ROOM=self.name)
         env["INSTANCE"] = self.settings.instance  # the owner's name (SPEC §16)
+        if self.settings.cgi:
+            env.update(cgi_environment(self._starter.request, self.name))
         if self.port is not None:
             env["PORT"] = str(self.port)
         return env

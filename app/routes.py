@@ -74,17 +74,19 @@ async def room_socket(websocket: WebSocket) -> None:
         peer_client = forward.forwarded_client(websocket, cluster)
         addr = peer_client if peer_client is not None else remote_addr(websocket)
         # Where the room lives: here (a lease held) or on the instance that owns it (SPEC §16).
-        placed = await cluster.place(name, forwarded=peer_client is not None)
+        # `/` is a room of its own, always here: nobody else can join it, so it has no owner to find.
+        placed = await cluster.place(name, forwarded=peer_client is not None) if name else None
         if isinstance(placed, Forward):
             await forward.relay(websocket, placed, name, query, addr, cluster, websocket.app.state.settings)
             return
         conn = open_connection(websocket, rooms.settings.outbox_bytes)
         try:
-            room = rooms.join(name, conn, lambda id_: ClientInfo(id_, query, addr, name))
-            if room in rooms.running and room.lease is not placed:
+            room = rooms.join(name, conn, lambda id_: ClientInfo(id_, query, addr, name, websocket.scope))
+            if placed is not None and room in rooms.running and room.lease is not placed:
                 placed.attach(room)  # before its run spawns: the child starts with the lease's deadline
         finally:
-            placed.unhold()
+            if placed is not None:
+                placed.unhold()
     except Refused as refusal:
         log.debug("websocket refused", extra={"room": name, "status": refusal.status, "reason": refusal.reason})
         headers = {"Retry-After": "1"} if refusal.status == 503 else None

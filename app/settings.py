@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     tcp_connect_timeout: float = Field(10.0, gt=0, description="How long to retry connecting to a --tcp child")
     ping_interval: float = Field(20.0, ge=0, description="Seconds between keepalive pings to each client (0: none)")
     ping_timeout: float = Field(20.0, ge=0, description="Seconds a client has to answer a ping (0: no limit)")
+    cgi: bool = Field(False, description="Give the child websocketd's CGI environment, from the room's first request")
     loglevel: LogLevel | None = Field(None, description="websocketd's log level; -v stands for debug, -vv for trace")
 
     @field_validator("cmd")

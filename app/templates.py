@@ -1,4 +1,5 @@
-"""Join and leave message templates (SPEC §6): ``#ID``, ``#QUERY_STRING``, ``#REMOTE_ADDR``, ``#ROOM``, ``#QUERY_*``.
+"""Join and leave message templates (SPEC §6, §14): ``#ID``, ``#QUERY_STRING``, ``#REMOTE_ADDR``, ``#ROOM``,
+``#QUERY_*`` and ``#HTTP_*`` (the joining client's own request headers).
 
 Pure: a template is tokenised once (one regex pass, so substituted text is never expanded again) and then
 expanded per client. Values a client controls are percent-encoded, so no quote, ``#`` or newline can be
@@ -8,30 +9,39 @@ injected. Writing the result to the child (and adding ``\\n`` in text mode) is l
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
+from types import MappingProxyType
+from typing import Any
 from urllib.parse import parse_qsl, quote
+
+from app.cgi import http_variables
 
 __all__ = ["ClientInfo", "Template", "expand"]
 
 # Alternation order is the spec's precedence: #IDX is #ID then "X", and #QUERY_STRING wins over a parameter
 # named "string", so a query parameter can never change another variable.
-_VARIABLE = re.compile(r"#(?:(ID)|(QUERY_STRING)|(REMOTE_ADDR)|(ROOM)|QUERY_([A-Za-z0-9_]+))")
+_VARIABLE = re.compile(r"#(?:(ID)|(QUERY_STRING)|(REMOTE_ADDR)|(ROOM)|QUERY_([A-Za-z0-9_]+)|HTTP_([A-Za-z0-9_]+))")
 
 # SPEC §6: the characters of #QUERY_STRING kept as they are (quote() always keeps A-Z a-z 0-9 _ . - ~).
 _QUERY_STRING_SAFE = "!$&'()*+,;=:@/?%"
 
-_LITERAL, _ID, _QUERY_STRING, _REMOTE_ADDR, _ROOM, _QUERY = range(6)
+_NO_REQUEST: Mapping[str, Any] = MappingProxyType({})
+
+_LITERAL, _ID, _QUERY_STRING, _REMOTE_ADDR, _ROOM, _QUERY, _HTTP = range(7)
 
 
 @dataclass(frozen=True, slots=True)
 class ClientInfo:
-    """What a template may say about a client: its connection id and CGI values (SPEC §7)."""
+    """What a template may say about a client: its connection id and CGI values (SPEC §7), and
+    the ASGI scope of its request (its headers for ``#HTTP_*``; websocketd's CGI set under --cgi)."""
 
     id: int
     query_string: str
     remote_addr: str
     room: str
+    request: Mapping[str, Any] = field(default_factory=lambda: _NO_REQUEST, compare=False, repr=False)
 
 
 class Template:
@@ -41,14 +51,20 @@ class Template:
 
     def __init__(self, text: str) -> None:
         self.text = text
-        # (kind, text): the literal text, the parameter NAME for _QUERY, the variable as written otherwise.
+        # (kind, text): the literal text, the parameter NAME for _QUERY, HTTP_<NAME> for _HTTP, the
+        # variable as written otherwise.
         parts: list[tuple[int, str]] = []
         position = 0
         for match in _VARIABLE.finditer(text):
             if match.start() > position:
                 parts.append((_LITERAL, text[position : match.start()]))
-            kind = match.lastindex or 0  # group 1..5 is _ID.._QUERY
-            parts.append((kind, match[5] if kind == _QUERY else match[0]))
+            kind = match.lastindex or 0  # group 1..6 is _ID.._HTTP
+            if kind == _QUERY:
+                parts.append((kind, match[5]))
+            elif kind == _HTTP:
+                parts.append((kind, "HTTP_" + match[6]))
+            else:
+                parts.append((kind, match[0]))
             position = match.end()
         if position < len(text):
             parts.append((_LITERAL, text[position:]))
@@ -60,6 +76,7 @@ class Template:
         if self._static:
             return self.text
         params: dict[str, str] | None = None
+        headers: dict[str, str] | None = None
         out: list[str] = []
         for kind, value in self._parts:
             if kind == _LITERAL:
@@ -72,11 +89,16 @@ class Template:
                 out.append(client.remote_addr)
             elif kind == _ROOM:
                 out.append(client.room)
-            else:
+            elif kind == _QUERY:
                 if params is None:
                     params = _query_params(client.query_string)
                 found = params.get(value)
                 out.append("#QUERY_" + value if found is None else found)
+            else:
+                if headers is None:
+                    headers = http_variables(client.request.get("headers", ()))
+                found = headers.get(value)  # `value` is HTTP_<NAME>, as the variable was written
+                out.append("#" + value if found is None else _quote(found, ""))
         return "".join(out)
 
     def __repr__(self) -> str:

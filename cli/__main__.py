@@ -43,6 +43,7 @@ FLAGS = {  # Settings field -> the flag a user typed
     "ping_interval": "--ping-interval",
     "ping_timeout": "--ping-timeout",
     "loglevel": "--loglevel",
+    "cgi": "--cgi",
     "stop_grace": "--closems",
     "delimiters": "--delimiters",
     "null": "--null",
@@ -143,6 +144,13 @@ def parser() -> Parser:
         metavar="<SECONDS>",
         type=float,
         help="Close a client that has not answered a ping within SECONDS; 0 waits forever [default: 20]",
+    )
+    p.add_argument(
+        "--cgi",
+        action="store_true",
+        default=None,
+        help="Give the child websocketd's CGI environment from the request that started its room: "
+        "SERVER_NAME, REQUEST_URI, REMOTE_HOST, every header as HTTP_<NAME>, ...",
     )
     # websocketd's spellings, so its command lines carry over.
     p.add_argument(
