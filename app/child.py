@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from app import logs
+from app import logs, terminal
 from app.channel import Channel, drain_to, open_pipes
 from app.framing import LineSplitter
 from app.process import Process, Spawner
@@ -33,11 +33,13 @@ async def start_child(
     on_data: Callable[[bytes], None],
     on_eof: Callable[[], None],
     deadline: float | None = None,
+    pty: bool = False,
 ) -> tuple[Process, Channel | None]:
     """Spawn with fresh pipes; stderr is logged. With `stdio` the child's stdin and stdout are the
-    returned channel; otherwise stdin is /dev/null and stdout is logged too (the caller connects)."""
+    returned channel; otherwise stdin is /dev/null and stdout is logged too (the caller connects).
+    With `pty` stdout is a raw pseudo-terminal instead of a pipe (app.terminal)."""
     stdin_r, stdin_w = os.pipe() if stdio else (os.open(os.devnull, os.O_RDONLY), -1)
-    stdout_r, stdout_w = os.pipe()
+    stdout_r, stdout_w = terminal.open_raw() if pty else os.pipe()
     stderr_r, stderr_w = os.pipe()
     try:
         child = await spawner.spawn(path, args, env, stdin_r, stdout_w, stderr_w, deadline)

@@ -349,6 +349,7 @@ class Room:
             self._environment(),
             label=self.name,
             stdio=not self.settings.tcp,  # with --tcp the socket is the message path
+            pty=self.settings.pty,
             on_data=self._on_output,
             on_eof=self._on_output_end,
             deadline=self.lease.deadline if self.lease.deadline < math.inf else None,

@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     ping_interval: float = Field(20.0, ge=0, description="Seconds between keepalive pings to each client (0: none)")
     ping_timeout: float = Field(20.0, ge=0, description="Seconds a client has to answer a ping (0: no limit)")
     cgi: bool = Field(False, description="Give the child websocketd's CGI environment, from the room's first request")
+    pty: bool = Field(False, description="The child's stdout is a pseudo-terminal, so it writes each line at once")
     loglevel: LogLevel | None = Field(None, description="websocketd's log level; -v stands for debug, -vv for trace")
 
     @field_validator("cmd")
@@ -183,6 +184,12 @@ class Settings(BaseSettings):
             raise ValueError("--frame cannot be combined with --client-frame or --server-frame")
         if (self.delimiters is not None or self.null) and (self.binary or self.server_framing is FrameMode.binary):
             raise ValueError("--delimiters and --null cannot be used with -b or binary server framing")
+        return self
+
+    @model_validator(mode="after")
+    def _check_pty(self) -> Self:
+        if self.pty and self.tcp:
+            raise ValueError("--pty cannot be combined with --tcp (the socket is the message path)")
         return self
 
     @model_validator(mode="after")

@@ -44,6 +44,7 @@ FLAGS = {  # Settings field -> the flag a user typed
     "ping_timeout": "--ping-timeout",
     "loglevel": "--loglevel",
     "cgi": "--cgi",
+    "pty": "--pty",
     "stop_grace": "--closems",
     "delimiters": "--delimiters",
     "null": "--null",
@@ -151,6 +152,13 @@ def parser() -> Parser:
         default=None,
         help="Give the child websocketd's CGI environment from the request that started its room: "
         "SERVER_NAME, REQUEST_URI, REMOTE_HOST, every header as HTTP_<NAME>, ...",
+    )
+    p.add_argument(
+        "--pty",
+        action="store_true",
+        default=None,
+        help="Make the child's stdout a pseudo-terminal (raw: no \\r, no echo), so a program that buffers "
+        "piped output (print() in Python, printf in C) writes each line at once. Not with --tcp",
     )
     # websocketd's spellings, so its command lines carry over.
     p.add_argument(

@@ -16,6 +16,12 @@ def out(line: str) -> None:
 
 def main() -> int:
     mode, args = sys.argv[1], sys.argv[2:]
+    if mode == "unflushed":  # print() without flushing (run it without -u), then answer input lines
+        print("hello")
+        print(f"tty {int(os.isatty(0))}{int(os.isatty(1))}{int(os.isatty(2))}")  # stdin, stdout, stderr
+        for line in sys.stdin:
+            print("got " + line.rstrip("\n"))
+        return 0
     if mode == "echo":  # print "ready <pid>", then echo every line
         out(f"ready {os.getpid()}")
         for line in sys.stdin:
