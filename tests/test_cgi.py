@@ -150,7 +150,7 @@ async def test_without_cgi_no_http_variables(server: Serve) -> None:
         async with s.connect("/r", additional_headers=[("Cookie", "c=1")]) as ws:
             env = json.loads(await recv_text(ws))
     env.pop("LC_CTYPE", None)
-    assert env.keys() == {"QUERY_STRING", "REMOTE_ADDR", "ROOM"}
+    assert env.keys() == {"QUERY_STRING", "REMOTE_ADDR", "ROOM", "INSTANCE"}  # no HTTP_*, no CGI set
 
 
 @pytest.mark.anyio
