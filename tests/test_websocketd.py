@@ -213,11 +213,12 @@ def test_closems_sets_the_stop_grace() -> None:
 
 async def test_websocketd_command_line_runs() -> None:
     argv = [sys.executable, "-m", "cli", "--port", "{port}", "--address", "127.0.0.1", "--loglevel", "debug"]
-    argv += [sys.executable, "--", "-u", scalesocket()[-2], "echo"]
+    argv += ["--frame=json", sys.executable, "--", "-u", scalesocket()[-2], "echo"]
     async with run(argv) as proc:
         async with connect(proc.url + "/") as ws:
             assert (await recv_text(ws)).startswith("ready ")
-        await proc.wait_stderr(b"DEBUG")  # --loglevel debug is -v
+            await ws.send("not json")
+            await proc.wait_stderr(b"not a JSON object")  # logged at debug: --loglevel debug is -v
 
 
 async def test_loglevel_error_logs_no_info() -> None:
