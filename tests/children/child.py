@@ -98,6 +98,34 @@ def main() -> int:
         out(f"ready {os.getpid()}")
         while True:
             time.sleep(60)
+    # Start ARGS[0] `setsid sleep` (own sessions, our stdio), print their pids; then ARGS[1]: exit or
+    # stay (echo). A room named "stays" always stays, so one server can hold both kinds.
+    if mode == "setsid":
+        import subprocess
+
+        pids = [subprocess.Popen(["setsid", "sleep", "1000"]).pid for _ in range(int(args[0]))]
+        out("ready " + " ".join(map(str, pids)))
+        if args[1] == "exit" and os.environ.get("ROOM") != "stays":
+            os._exit(0)  # no waiting for them: they are orphans from here on
+        for line in sys.stdin:
+            out(line.rstrip("\n"))
+        return 0
+    if mode == "daemon":  # double fork + setsid: a daemon that is nobody's child; print its pid, echo
+        read_end, write_end = os.pipe()
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.write(write_end, str(os.getpid()).encode())
+                os.close(write_end)
+                while True:
+                    time.sleep(60)
+            os._exit(0)
+        os.close(write_end)
+        daemon = os.read(read_end, 100).decode()
+        out(f"ready {daemon}")
+        for line in sys.stdin:
+            out(line.rstrip("\n"))
+        return 0
     if mode == "stderr-flood":  # print "ready", then write "y" lines to stderr as fast as `yes >&2` would
         out("ready")
         chunk = b"y\n" * 32768
