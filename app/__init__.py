@@ -20,6 +20,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from app.cluster import Cluster
+from app.cluster_metrics import ClusterCollector
 from app.metrics import HttpMetrics, Metrics
 from app.process import Spawner
 from app.rooms import Rooms
@@ -56,8 +57,10 @@ def create_app(settings: Settings) -> Starlette:
             rooms = Rooms(tg, settings, spawner)
             app.state.rooms = rooms
             app.state.cluster = cluster
-            if metrics is not None:
+            collector = ClusterCollector(cluster) if metrics is not None else None
+            if metrics is not None and collector is not None:
                 metrics.attach(rooms)
+                metrics.registry.register(collector)
             if settings.oneshot:
                 tg.start_soon(_exit_after_session, rooms, lambda: app.state.request_exit)
             yield {"rooms": rooms, "cluster": cluster}
@@ -65,6 +68,8 @@ def create_app(settings: Settings) -> Starlette:
             # cancel every room; each room's run stops and reaps its child, shielded, as it unwinds.
             rooms.begin_shutdown()
             tg.cancel_scope.cancel()
+            if metrics is not None and collector is not None:
+                metrics.registry.unregister(collector)
 
     # Endpoints not enabled are simply absent, so they answer 404 (or a static file of that name).
     routes: list[BaseRoute] = [

@@ -103,6 +103,9 @@ class Cluster:
         self.reachable = not self.clustered  # until the registry first answers
         self.draining = False
         self.secret = settings.cluster_secret or ""
+        self.fenced_total = 0  # for the metrics
+        self.forwarded_open = 0
+        self.forwarded_total = 0
         self._claims: dict[str, anyio.Event] = {}  # rooms with a claim in flight
         self._idle = anyio.Event()  # a lease has no rooms left: release it
         self._down_since: float | None = None
@@ -207,6 +210,13 @@ class Cluster:
         instance = random.choice(sorted(peers))
         return Forward(peers[instance], instance)
 
+    async def owner_elsewhere(self, name: str) -> Owner | None:
+        """The room's owner if it is another instance (None: ours, or nobody's); Unreachable passes."""
+        if not self.clustered:
+            return None
+        owner = await self.registry.owner(name)
+        return owner if owner is not None and owner.instance != self.instance else None
+
     def _deadline(self, sent: float) -> float:
         return sent + self.ttl * (1 - MARGIN)
 
@@ -217,6 +227,7 @@ class Cluster:
         if lease.fenced:
             return
         lease.fenced = True
+        self.fenced_total += 1
         lease.deadline = min(lease.deadline, time.monotonic())  # every room's check now fails at once
         log.warning("room fenced: %s", reason, extra={"room": lease.name, "rooms": len(lease.rooms)})
         for room in list(lease.rooms):

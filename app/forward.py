@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Mapping
 from urllib.parse import quote
 
 import anyio
@@ -22,7 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from app.cluster import Cluster, Forward
 from app.rooms import Refused
-from app.settings import Settings
+from app.settings import Settings, split_host_port
 
 log = logging.getLogger("scalesocket.forward")
 
@@ -31,6 +32,7 @@ CLIENT_HEADER = "x-scalesocket-client"  # the client's address as the entry inst
 VIA_HEADER = "x-scalesocket-via"  # the entry instance's name, for the owner's logs
 OWNER_LOST = 1012  # the owner went away without a close frame: the client should reconnect
 OPEN_TIMEOUT = 2.0  # to a healthy owner this takes milliseconds; a paused one must not hold the client long
+FETCH_LIMIT = 64 * 1024  # a peer's stats answer is a few hundred bytes
 UNSENDABLE = frozenset({1005, 1006, 1015})  # codes that never appear in a close frame
 
 
@@ -40,11 +42,52 @@ def forwarded_client(websocket: WebSocket, cluster: Cluster) -> str | None:
     claimed = websocket.headers.get(SECRET_HEADER)
     if claimed is None:
         return None
-    secret = cluster.secret
-    if not cluster.clustered or not secret or not hmac.compare_digest(claimed.encode(), secret.encode()):
+    if not _holds_secret(claimed, cluster):
         raise Refused(403, "forwarded connection without the cluster secret")
     # Percent-encoded like any address (app.routes.remote_addr): it reaches join messages.
     return quote(websocket.headers.get(CLIENT_HEADER, ""), safe=":.[]")
+
+
+def from_peer(headers: Mapping[str, str], cluster: Cluster) -> bool:
+    """An HTTP request another instance made on a client's behalf (under the secret)."""
+    return _holds_secret(headers.get(SECRET_HEADER), cluster)
+
+
+def _holds_secret(claimed: str | None, cluster: Cluster) -> bool:
+    secret = cluster.secret
+    if claimed is None or not cluster.clustered or not secret:
+        return False
+    return hmac.compare_digest(claimed.encode(), secret.encode())
+
+
+async def fetch(address: str, path: str, cluster: Cluster) -> tuple[int, str, bytes]:
+    """GET `path` from the instance at `address` (a small JSON answer): (status, content type, body).
+
+    Plain HTTP/1.1 with `Connection: close`, read up to FETCH_LIMIT; OSError or TimeoutError when
+    the instance does not answer in time.
+    """
+    host, port = split_host_port(address)
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n"
+        f"{SECRET_HEADER}: {cluster.secret}\r\n{VIA_HEADER}: {cluster.instance}\r\n\r\n"
+    ).encode()
+    data = b""
+    with anyio.fail_after(OPEN_TIMEOUT):
+        async with await anyio.connect_tcp(host, port) as stream:
+            await stream.send(request)
+            try:
+                while len(data) < FETCH_LIMIT:
+                    data += await stream.receive()
+            except anyio.EndOfStream:
+                pass
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    fields = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
+    fields = {name.strip().lower(): value.strip() for name, value in fields.items()}
+    if "content-length" in fields:
+        body = body[: int(fields["content-length"])]
+    return status, fields.get("content-type", "application/json"), body
 
 
 def _url(target: Forward, name: str, query: str) -> str:
@@ -80,11 +123,14 @@ async def relay(
         denial = PlainTextResponse("room owner unreachable, try again\n", 503, headers={"Retry-After": "1"})
         await websocket.send_denial_response(denial)
         return
+    cluster.forwarded_total += 1
+    cluster.forwarded_open += 1
     try:
         await websocket.accept()
         log.info("client forwarded", extra=extra)
         await _pump(websocket, upstream)
     finally:
+        cluster.forwarded_open -= 1
         with anyio.CancelScope(shield=True), anyio.move_on_after(1):
             await upstream.close()
 

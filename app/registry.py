@@ -56,6 +56,9 @@ class Registry(Protocol):
     async def release(self, room: str, owner: str) -> None:
         """Give the room up, only if `owner` still holds it (compare and delete)."""
 
+    async def owner(self, room: str) -> Owner | None:
+        """The room's current owner, if any (for answering about a room from any instance)."""
+
     async def peers(self) -> dict[str, str]:
         """Live instances that take new rooms: name -> address."""
 
@@ -84,6 +87,9 @@ class Embedded:
 
     async def release(self, room: str, owner: str) -> None:
         pass
+
+    async def owner(self, room: str) -> Owner | None:
+        return None
 
     async def peers(self) -> dict[str, str]:
         return {}

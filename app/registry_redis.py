@@ -136,6 +136,10 @@ class RedisRegistry:
     async def release(self, room: str, owner: str) -> None:
         await self._call(self._release(keys=[room_key(room)], args=[owner]))
 
+    async def owner(self, room: str) -> Owner | None:
+        value = await self._call(self._redis.get(room_key(room)))
+        return Owner.decode(value) if value else None
+
     async def peers(self) -> dict[str, str]:
         names = sorted(await self._call(self._redis.smembers(INSTANCES)))
         if not names:

@@ -97,7 +97,11 @@ class Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
-            log.info("listening", extra={"addr": self.config.host + ":" + str(self.config.port)})
+            extra = {"addr": self.config.host + ":" + str(self.config.port)}
+            settings: Settings = self.app.state.settings
+            if settings.registry is not None:  # which instance of the cluster this is (SPEC §16)
+                extra.update(instance=settings.instance, advertise=settings.advertised)
+            log.info("listening", extra=extra)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         rooms = self.rooms

@@ -87,7 +87,15 @@ class Instance:
         self.http = f"http://127.0.0.1:{self.port}"
         self.log = tmp / f"{self.name}.log"
         argv = [sys.executable, "-m", "cli", "--addr", f"127.0.0.1:{self.port}", "--registry", redis.url]
-        argv += ["--instance", self.name, "--drain-timeout", str(DRAIN), "--joinmsg=join #REMOTE_ADDR"]
+        argv += [
+            "--instance",
+            self.name,
+            "--drain-timeout",
+            str(DRAIN),
+            "--joinmsg=join #REMOTE_ADDR",
+            "--stats",
+            "--metrics",
+        ]
         argv += [sys.executable, "--", "-u", CHILD]
         self.argv = [*argv, str(children_log)]
         self.process: anyio.abc.Process | None = None

@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -124,6 +125,20 @@ async def test_forwarded_client_is_seen_by_the_owner_with_its_real_address(tmp_p
                 assert answer.split()[0] == "n1"  # carried to the owner
                 assert await recv_text(a) == answer  # one child for both
                 port = b.local_address[1]
+                # --stats describes the room as its owner sees it, asked at any instance.
+                async with httpx.AsyncClient() as http:
+                    seen = [(await http.get(f"{n.http}/where/stats")).json() for n in (n1, n2)]
+                    pid = (await http.get(f"{n2.http}/where/stats/pid")).json()
+                    nobody = (await http.get(f"{n2.http}/nobody/stats")).json()
+                    metrics = [
+                        (await http.get(f"{n.http}/metrics", headers={"Accept": "text/plain"})).text for n in (n1, n2)
+                    ]
+                assert 'scalesocket_instance{instance="n1"} 1.0' in metrics[0]
+                assert "scalesocket_rooms_owned 1.0" in metrics[0] and "scalesocket_rooms_owned 0.0" in metrics[1]
+                assert "scalesocket_forwarded_connections_open 1.0" in metrics[1]
+                assert "scalesocket_forwarded_connections_total 1.0" in metrics[1]
+                assert seen[0] == seen[1] and seen[0]["connections"] == 2 and pid == int(answer.split()[1])
+                assert nobody["connections"] == 0 and nobody["pid"] is None
         (life,) = c.children.check()["where"]
         assert (life.instance, [text for _, text in life.lines if text.startswith("join 127.0.0.2")]) == (
             "n1",
