@@ -18,9 +18,9 @@ else changes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
-import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -174,7 +174,7 @@ class Cluster:
             if self.draining:
                 if forwarded:
                     raise Refused(503, "instance draining, try again")
-                return await self._peer()
+                return await self._peer(name)
             self._claims[name] = claiming = anyio.Event()
             try:
                 sent = time.monotonic()
@@ -197,17 +197,21 @@ class Cluster:
                 raise Refused(503, "room owned by another instance, try again")
             return Forward(owner.address, owner.instance)
 
-    async def _peer(self) -> Forward:
-        """A live instance to take a new room while this one drains."""
+    async def _peer(self, name: str) -> Forward:
+        """Where a new room goes while this instance drains: its owner if it has one by now, else
+        the live instance that rendezvous hashing picks, so every client of the room picks the same."""
         try:
+            owner = await self.registry.owner(name)
             peers = await self.registry.peers()
         except Unreachable as error:
             self._unreachable(error)
             raise Refused(503, "room registry unreachable, try again") from None
+        if owner is not None and owner.instance != self.instance:
+            return Forward(owner.address, owner.instance)
         peers.pop(self.instance, None)
         if not peers:
             raise Refused(503, "instance draining and no other instance to take the room")
-        instance = random.choice(sorted(peers))
+        instance = max(peers, key=lambda peer: hashlib.blake2b(f"{peer} {name}".encode(), digest_size=8).digest())
         return Forward(peers[instance], instance)
 
     async def owner_elsewhere(self, name: str) -> Owner | None:
