@@ -36,6 +36,7 @@ from app.rooms import Refused
 from app.settings import Settings, parse_registry_url
 
 if TYPE_CHECKING:
+    from app.connection import Connection
     from app.room import Room
 
 log = logging.getLogger("scalesocket.cluster")
@@ -106,6 +107,7 @@ class Cluster:
         self.fenced_total = 0  # for the metrics
         self.forwarded_open = 0
         self.forwarded_total = 0
+        self.relays: set[Connection] = set()  # clients this instance carries to an owner (app.forward)
         self._claims: dict[str, anyio.Event] = {}  # rooms with a claim in flight
         self._idle = anyio.Event()  # a lease has no rooms left: release it
         self._down_since: float | None = None
@@ -146,6 +148,11 @@ class Cluster:
         if not self.reachable:
             return "registry unreachable"
         return "registry starting up" if self.registry.quiet else "ready"
+
+    def close_relays(self, code: int, reason: str) -> None:
+        """Shutting down: the clients this instance forwards are closed like its own (1001)."""
+        for conn in list(self.relays):
+            conn.close(code, reason, drain=False)
 
     def begin_drain(self) -> None:
         """Take no new rooms from now on (safe to call from a signal handler: only flags)."""

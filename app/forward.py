@@ -10,6 +10,7 @@ that says it is forwarded without the secret is refused with 403, and the addres
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Mapping
@@ -17,11 +18,17 @@ from urllib.parse import quote
 
 import anyio
 from starlette.responses import PlainTextResponse, Response
-from starlette.websockets import WebSocket
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response as HandshakeResponse
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
+from app.batch import BINARY, TEXT, Batch
 from app.cluster import Cluster, Forward
+from app.connection import Connection, open_connection
 from app.rooms import Refused
 from app.settings import Settings, split_host_port
 
@@ -90,8 +97,145 @@ async def fetch(address: str, path: str, cluster: Cluster) -> tuple[int, str, by
     return status, fields.get("content-type", "application/json"), body
 
 
-def _url(target: Forward, name: str, query: str) -> str:
-    return f"ws://{target.address}/{name}" + (f"?{query}" if query else "")
+class Upstream(asyncio.Protocol):
+    """The owner side of a forwarded connection: websockets' sans-I/O client over a transport.
+
+    Frames from the owner go to the client's `Connection` as they are parsed (no task per
+    message); the client's messages are written to the owner from the connection's own callback.
+    Backpressure both ways: a full client outbox pauses reading the owner, a full write buffer to
+    the owner pauses reading the client.
+    """
+
+    def __init__(self, protocol: ClientProtocol) -> None:
+        self.ws = protocol
+        self.transport: asyncio.Transport | None = None
+        self.handshake: asyncio.Future[HandshakeResponse] = asyncio.get_running_loop().create_future()
+        self.conn: Connection | None = None
+        self.closed = asyncio.Event()  # the transport to the owner is gone
+        self._fragments: list[bytes] = []
+        self._opcode = 0
+        self._writing_paused = False
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        self._events()
+
+    def eof_received(self) -> bool | None:
+        self.ws.receive_eof()
+        self._events()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.handshake.done():
+            self.handshake.set_exception(ConnectionError("the owner closed the connection"))
+        self.closed.set()
+        conn = self.conn
+        if conn is not None:
+            rcvd = self.ws.close_rcvd
+            if rcvd is not None and rcvd.code not in UNSENDABLE:
+                conn.close(rcvd.code, rcvd.reason)  # behind what the owner sent before it
+            else:
+                conn.close(OWNER_LOST, "room owner lost")
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        if self.conn is not None:
+            self.conn.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self.conn is not None:
+            self.conn.resume_reading()
+
+    # --- both ways ----------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        data = self.ws.data_to_send()
+        if data:
+            transport.write(b"".join(data))
+        if self.ws.close_expected() and self.ws.state is State.CLOSED:
+            transport.close()
+
+    def _events(self) -> None:
+        for event in self.ws.events_received():
+            if isinstance(event, HandshakeResponse):
+                if not self.handshake.done():
+                    if self.ws.handshake_exc is not None:
+                        self.handshake.set_exception(self.ws.handshake_exc)
+                    else:
+                        self.handshake.set_result(event)
+            elif isinstance(event, Frame):
+                self._frame(event)
+        self._flush()  # pongs, and our half of a closing handshake
+        if self.ws.state is State.CLOSED and self.transport is not None:
+            self.transport.close()
+
+    def _frame(self, frame: Frame) -> None:
+        if frame.opcode in (Opcode.TEXT, Opcode.BINARY):
+            self._opcode = TEXT if frame.opcode is Opcode.TEXT else BINARY
+            self._fragments = []
+        elif frame.opcode is not Opcode.CONT:
+            return  # control frames: the sans-I/O protocol answers pings and closes itself
+        self._fragments.append(bytes(frame.data))
+        if not frame.fin:
+            return
+        payload = self._fragments[0] if len(self._fragments) == 1 else b"".join(self._fragments)
+        self._fragments = []
+        conn = self.conn
+        if conn is not None and not conn.offer(Batch(self._opcode, [payload])) and self.transport is not None:
+            self.transport.pause_reading()  # the client's outbox is full: stop reading the owner
+
+    def to_owner(self, is_text: bool, payload: bytes) -> None:
+        """A client message, as the client's connection parsed it."""
+        if self.ws.state is not State.OPEN:
+            return
+        if is_text:
+            self.ws.send_text(payload)
+        else:
+            self.ws.send_binary(payload)
+        self._flush()
+
+    def resume_owner(self) -> None:
+        """The client's outbox drained: read the owner again."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.ws.state is State.OPEN:
+            self.ws.send_close(code, reason)
+            self._flush()
+        if self.transport is not None and self.ws.state is not State.CLOSING:
+            self.transport.close()
+
+
+async def _open(target: Forward, name: str, query: str, headers: dict[str, str], settings: Settings) -> Upstream:
+    """Connect to the owner and complete the handshake; InvalidStatus when it refuses."""
+    host, port = split_host_port(target.address)
+    path = f"/{name}" + (f"?{query}" if query else "")
+    ws = ClientProtocol(parse_uri(f"ws://{target.address}{path}"), max_size=settings.max_message_size)
+    loop = asyncio.get_running_loop()
+    with anyio.fail_after(OPEN_TIMEOUT):
+        _, upstream = await loop.create_connection(lambda: Upstream(ws), host, port)
+        try:
+            request = ws.connect()
+            for key, value in headers.items():
+                request.headers[key] = value
+            ws.send_request(request)
+            upstream._flush()
+            await upstream.handshake
+        except BaseException:
+            if upstream.transport is not None:
+                upstream.transport.abort()
+            raise
+    return upstream
 
 
 async def relay(
@@ -101,85 +245,34 @@ async def relay(
     headers = {SECRET_HEADER: cluster.secret, CLIENT_HEADER: client, VIA_HEADER: cluster.instance}
     extra = {"room": name, "owner": target.instance, "remote": client}
     try:
-        upstream = await connect(
-            _url(target, name, query),
-            additional_headers=headers,
-            open_timeout=OPEN_TIMEOUT,
-            max_size=settings.max_message_size,
-            max_queue=16,  # frames read ahead of the client: bounded, and the owner's socket pauses past it
-            compression=None,
-            ping_interval=settings.ping_interval,
-            ping_timeout=settings.ping_timeout,
-            user_agent_header=None,
-        )
+        upstream = await _open(target, name, query, headers, settings)
     except InvalidStatus as error:
         response = error.response
         kept = {k: v for k, v in response.headers.items() if k.lower() in ("retry-after", "content-type")}
         log.info("forwarded connection refused by the owner", extra={**extra, "status": response.status_code})
         await websocket.send_denial_response(Response(response.body, response.status_code, headers=kept))
         return
-    except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as error:
+    except (OSError, TimeoutError, InvalidHandshake) as error:
         log.warning("room owner unreachable: %s", error or type(error).__name__, extra=extra)
         denial = PlainTextResponse("room owner unreachable, try again\n", 503, headers={"Retry-After": "1"})
         await websocket.send_denial_response(denial)
         return
+    conn = open_connection(websocket, settings.outbox_bytes)
+    upstream.conn = conn
+    conn.on_unblocked = upstream.resume_owner
     cluster.forwarded_total += 1
     cluster.forwarded_open += 1
+    cluster.relays.add(conn)
     try:
-        await websocket.accept()
+        try:
+            await websocket.accept()
+        except WebSocketDisconnect:
+            return
         log.info("client forwarded", extra=extra)
-        await _pump(websocket, upstream)
+        if upstream.closed.is_set():
+            upstream.connection_lost(None)  # the owner went before the client was accepted: tell it why
+        await conn.run(upstream.to_owner)
     finally:
         cluster.forwarded_open -= 1
-        with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-            await upstream.close()
-
-
-async def _pump(websocket: WebSocket, upstream: ClientConnection) -> None:
-    client_gone = False
-
-    async def down() -> None:  # owner -> client
-        try:
-            async for message in upstream:
-                if isinstance(message, str):
-                    await websocket.send_text(message)
-                else:
-                    await websocket.send_bytes(message)
-        except ConnectionClosed:
-            pass
-        except (OSError, RuntimeError):
-            return  # the client is gone
-        finally:
-            tg.cancel_scope.cancel()
-        rcvd = upstream.protocol.close_rcvd
-        code, reason = (rcvd.code, rcvd.reason) if rcvd is not None else (OWNER_LOST, "room owner lost")
-        if not client_gone:
-            if code in UNSENDABLE:
-                code, reason = OWNER_LOST, "room owner lost"
-            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                try:
-                    await websocket.close(code, reason)
-                except (OSError, RuntimeError):
-                    pass
-
-    async def up() -> None:  # client -> owner
-        nonlocal client_gone
-        try:
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    client_gone = True
-                    code = int(message.get("code") or 1000)
-                    code = 1000 if code in UNSENDABLE else code
-                    await upstream.close(code, message.get("reason") or "")
-                    return
-                if message.get("text") is not None:
-                    await upstream.send(message["text"])
-                elif message.get("bytes") is not None:
-                    await upstream.send(message["bytes"])
-        except ConnectionClosed:
-            return  # the owner closed: `down` relays its close
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(up)
-        await down()
+        cluster.relays.discard(conn)
+        upstream.close()

@@ -107,6 +107,9 @@ class Server(uvicorn.Server):
         rooms = self.rooms
         if rooms is not None:
             rooms.begin_shutdown()
+            cluster: Cluster | None = getattr(self.app.state, "cluster", None)
+            if cluster is not None:
+                cluster.close_relays(1001, "server shutting down")  # forwarded clients too (SPEC §3)
             with anyio.move_on_after(CLOSE_WAIT):
                 await rooms.wait_clients_closed()
         await super().shutdown(sockets)

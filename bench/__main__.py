@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import driver, report
-from bench.workloads import NAMES, Spec, make_spec
+from bench.workloads import NAMES, SCALESOCKET_ONLY, Spec, make_spec
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             spec = make_spec(w, a.scale)
             extra = [driver.CEILING] if w.startswith("stdout-throughput") and not a.no_ceiling else []
             for t in order + extra:
+                if w in SCALESOCKET_ONLY and t != "scalesocket":
+                    continue
                 r = run_with_retries(t, spec, a)
                 r["round"] = rnd
                 results.append(r)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -129,8 +130,81 @@ def disturbance(r: Result) -> float:
     return float(cpu.get("other") or 0.0) if cpu.get("wall_s", 0) >= 0.5 else 0.0
 
 
+REDIS_SERVER = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin:/usr/bin")
+OWNER = "bench-owner"  # echo-forwarded: the instance that owns every room
+
+
+def redis_command(port: int, *args: str) -> bytes:
+    """One command in Redis' protocol; the raw reply (enough for SET and PING)."""
+    request = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        return sock.recv(1024)
+
+
+def run_forwarded(spec: Spec, timeout: float, quiet_wait: float) -> Result:
+    """echo-forwarded: redis-server and two instances sharing it; the owner holds every room (its
+    `f<N>` rooms are claimed for it in Redis before the run), the load enters at the other."""
+    background = procs.wait_quiet(quiet_wait, 0.25) if quiet_wait > 0 else None
+    spec = replace(spec, deadline_s=max(5.0, timeout - 8))
+    redis_port, owner_port, entry_port = free_port(), free_port(), free_port()
+    res: Result = {"complete": False}
+    t0 = time.monotonic()
+    argvs: list[list[str]] = []
+    with tempfile.TemporaryFile(prefix="bench-server-") as log:
+        servers: list[Server] = []
+        try:
+            if REDIS_SERVER is None:
+                raise ServerError("redis-server is not installed (apt-get install redis-server)")
+            redis = Server(
+                [REDIS_SERVER, "--port", str(redis_port), "--save", "", "--appendonly", "no"], redis_port, log
+            )
+            servers.append(redis)
+            redis.start()
+            # A registry that is not new (no quiet period), and every forwarded room already the owner's.
+            redis_command(redis_port, "SET", "scalesocket:epoch", "1")
+            for room in range(spec.clients):
+                owner = f"1 {OWNER} 127.0.0.1:{owner_port}"
+                redis_command(redis_port, "SET", f"scalesocket:room:f{room}", owner, "PX", "600000")
+            pids = []
+            for name, port in ((OWNER, owner_port), ("bench-entry", entry_port)):
+                argv = server_argv("scalesocket", port, child_argv(spec))
+                argv[1:1] = ["--registry", f"redis://127.0.0.1:{redis_port}", "--instance", name]
+                argvs.append(argv)
+                servers.append(Server(argv, port, log))
+                pids.append(servers[-1].start())
+            res = run_load(
+                replace(
+                    spec,
+                    url=f"ws://127.0.0.1:{entry_port}",
+                    server_pid=pids[1],
+                    direct_url=f"ws://127.0.0.1:{owner_port}",
+                    direct_pid=pids[0],
+                ),
+                timeout,
+            )
+        except ServerError as e:
+            res["errors"] = {str(e): 1}
+        finally:
+            for server in reversed(servers):
+                server.stop()
+        if not res.get("complete"):
+            res["server_log_tail"] = log_tail(log)
+    return {
+        "target": "scalesocket",
+        "workload": spec.workload,
+        "argv": argvs,
+        "background_cores": background,
+        "elapsed_s": round(time.monotonic() - t0, 2),
+        **res,
+        "server_stop": servers[1].stop_info if len(servers) > 1 else {},
+    }
+
+
 def run_one(target: str, spec: Spec, timeout: float, quiet_wait: float) -> Result:
     """Fresh server, one workload, server stopped: no state carries over between runs."""
+    if spec.workload == "echo-forwarded":
+        return run_forwarded(spec, timeout, quiet_wait)
     child = child_argv(spec)
     # websocketd has no rooms: its nearest equivalent of a shared-room fanout is a child per client
     spec = replace(spec, shared_room=target != "websocketd", deadline_s=max(5.0, timeout - 8))

@@ -22,6 +22,7 @@ import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar, cast
 
 import picows
@@ -163,7 +164,7 @@ class Ctx:
         self.errors[f"{type(e).__name__}: {e}"[:120]] += 1
 
     def url(self, room: int) -> str:
-        return f"{self.spec.url}/r{room}"
+        return f"{self.spec.url}/{self.spec.room_prefix}{room}"
 
     async def connect(self, room: int, factory: Callable[[], C]) -> C:
         t = self.left(10.0)
@@ -518,8 +519,43 @@ async def idle_memory(ctx: Ctx) -> Result:
     }
 
 
+async def echo_forwarded(ctx: Ctx) -> Result:
+    """echo-latency against the rooms' owner directly (rooms d<N>), then through another instance
+    of the cluster that forwards every client to that owner (rooms f<N>, owned by it beforehand)."""
+    s = ctx.spec
+    half = replace(s, deadline_s=s.deadline_s / 2)
+    direct_ctx = Ctx(replace(half, url=s.direct_url, server_pid=s.direct_pid, room_prefix="d"))
+    direct = await echo_latency(direct_ctx)
+    ctx.errors.update(direct_ctx.errors)
+    ctx.deadline = perf() + half.deadline_s
+    ctx.spec = replace(half, room_prefix="f")
+    forwarded = await echo_latency(ctx)
+    d, f = direct.get("metrics") or {}, forwarded.get("metrics") or {}
+
+    def added(key: str) -> float | None:
+        return round(f[key] - d[key], 3) if f.get(key) is not None and d.get(key) is not None else None
+
+    ratio = round(f["msgs_per_s"] / d["msgs_per_s"], 3) if f.get("msgs_per_s") and d.get("msgs_per_s") else None
+    return {
+        **forwarded,
+        "complete": direct["complete"] and forwarded["complete"],
+        "metrics": {
+            **f,
+            "direct_msgs_per_s": d.get("msgs_per_s"),
+            "direct_p50_ms": d.get("p50_ms"),
+            "direct_p99_ms": d.get("p99_ms"),
+            "added_p50_ms": added("p50_ms"),
+            "added_p99_ms": added("p99_ms"),
+            "forwarded_ratio": ratio,
+        },
+        "direct": {k: direct.get(k) for k in ("detail", "early_close", "cpu")},
+        "early_close": {**(direct.get("early_close") or {}), **(forwarded.get("early_close") or {})},
+    }
+
+
 WORKLOADS: dict[str, Callable[[Ctx], Coroutine[Any, Any, Result]]] = {
     "echo-latency": echo_latency,
+    "echo-forwarded": echo_forwarded,
     "stdout-throughput": stdout_throughput,
     "stdout-throughput-1k": stdout_throughput,
     "connect-rate": connect_rate,

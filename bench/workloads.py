@@ -8,11 +8,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-NAMES = ("echo-latency", "stdout-throughput", "stdout-throughput-1k", "connect-rate", "fanout", "idle-memory")
+NAMES = (
+    "echo-latency",
+    "echo-forwarded",
+    "stdout-throughput",
+    "stdout-throughput-1k",
+    "connect-rate",
+    "fanout",
+    "idle-memory",
+)
+# Workloads only scalesocket can run: echo-forwarded needs a cluster (--registry) to forward within.
+SCALESOCKET_ONLY = frozenset({"echo-forwarded"})
 
 # Sizes at --scale 1. Every one of them is multiplied by --scale (at least 1 remains).
 BASE_SIZES: dict[str, dict[str, int]] = {
     "echo-latency": {"clients": 50, "messages": 200},
+    "echo-forwarded": {"clients": 50, "messages": 200},
     "stdout-throughput": {"lines": 200_000},
     "stdout-throughput-1k": {"lines": 100_000},
     "connect-rate": {"sessions": 500},
@@ -21,7 +32,7 @@ BASE_SIZES: dict[str, dict[str, int]] = {
 }
 # Seconds to wait after connecting before measuring: lets the server finish attaching clients to
 # rooms (fanout) and lets memory settle (idle-memory). Shrunk with small scales so smoke runs are fast.
-BASE_SETTLE = {"echo-latency": 0.2, "fanout": 0.5, "idle-memory": 2.0}
+BASE_SETTLE = {"echo-latency": 0.2, "echo-forwarded": 0.2, "fanout": 0.5, "idle-memory": 2.0}
 
 
 @dataclass
@@ -42,6 +53,9 @@ class Spec:
     concurrency: int = 10  # handshakes (connect-rate: sessions) in flight at once
     shared_room: bool = True  # fanout: all clients in one room; False = websocketd's nearest equivalent
     settle_s: float = 0.0
+    room_prefix: str = "r"
+    direct_url: str = ""  # echo-forwarded: the rooms' owner, measured directly for comparison
+    direct_pid: int = 0
 
 
 def make_spec(name: str, scale: float) -> Spec:
@@ -56,7 +70,7 @@ def make_spec(name: str, scale: float) -> Spec:
 
 def child_argv(spec: Spec) -> list[str]:
     """The command (CMD ARGS...) both servers run for this workload."""
-    if spec.workload in ("echo-latency", "idle-memory"):
+    if spec.workload in ("echo-latency", "echo-forwarded", "idle-memory"):
         return ["cat"]
     if spec.workload.startswith("stdout-throughput"):
         fmt = ["-f", f"%0{spec.line_bytes}.0f"] if spec.line_bytes else []
@@ -83,6 +97,17 @@ class Metric:
 _RATE_LAT = ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")
 METRICS: dict[str, list[Metric]] = {
     "echo-latency": [Metric("msgs_per_s", "msgs/s", True), *(Metric(k, lbl, False) for k, lbl in _RATE_LAT)],
+    # Through an instance that forwards every client to the room's owner, against the owner directly.
+    "echo-forwarded": [
+        Metric("msgs_per_s", "msgs/s forwarded", True),
+        *(Metric(k, lbl + " forwarded", False) for k, lbl in _RATE_LAT),
+        Metric("direct_msgs_per_s", "msgs/s direct", None),
+        Metric("direct_p50_ms", "p50 ms direct", None),
+        Metric("direct_p99_ms", "p99 ms direct", None),
+        Metric("added_p50_ms", "p50 ms added by forwarding", None),
+        Metric("added_p99_ms", "p99 ms added by forwarding", None),
+        Metric("forwarded_ratio", "msgs/s forwarded / direct", None),
+    ],
     "stdout-throughput": [Metric("lines_per_s", "lines/s", True)],
     "stdout-throughput-1k": [Metric("lines_per_s", "lines/s", True)],
     "connect-rate": [Metric("sessions_per_s", "sessions/s", True), *(Metric(k, lbl, False) for k, lbl in _RATE_LAT)],
