@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -109,9 +110,12 @@ def settings_from_env() -> Settings:
     """Settings from `SCALESOCKET_*`; exits with a one-line message naming a missing or bad variable."""
     try:
         return Settings()
+    except SettingsError as error:  # a value pydantic could not decode, e.g. SCALESOCKET_ARGS that is not JSON
+        sys.exit(f"scalesocket: {error}")
     except ValidationError as error:
         problem = error.errors()[0]
-        name = "SCALESOCKET_" + str(problem["loc"][0]).upper() if problem["loc"] else "SCALESOCKET_*"
+        loc = str(problem["loc"][0]).upper() if problem["loc"] else "*"
+        name = loc if loc.startswith("SCALESOCKET_") else "SCALESOCKET_" + loc  # an alias is the variable already
         if problem["type"] == "missing":
             sys.exit(f"scalesocket: {name} is not set (the command to wrap)")
         sys.exit(f"scalesocket: {name}: {problem['msg']}")

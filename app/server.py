@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -131,12 +132,34 @@ def ensure_std_fds() -> None:
             os.open(os.devnull, os.O_RDWR)
 
 
+class BindError(Exception):
+    """The listening address cannot be had (in use, not this host's, privileged): a start-up error."""
+
+
+def bind(settings: Settings) -> socket.socket:
+    """The listening socket for `--addr`, bound as uvicorn would bind it; BindError saying why not."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, settings.port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise BindError(f"{settings.addr} is already in use (another server listens there)") from None
+        raise BindError(f"cannot listen on {settings.addr}: {error.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def run(settings: Settings) -> int:
     """Serve until a signal (or the end of the --oneshot session); the process exit status."""
     ensure_std_fds()
-    app = create_app(settings)
-    server = Server(uvicorn_config(app, settings), app)
-    server.run()
+    # Bound before anything else: a taken port is a one-line start-up error, not uvicorn's raw Errno and exit 3.
+    with bind(settings) as sock:
+        app = create_app(settings)
+        server = Server(uvicorn_config(app, settings), app)
+        server.run(sockets=[sock])
     if not server.started:
         return 1
     rooms = server.rooms

@@ -10,7 +10,6 @@ import ipaddress
 import logging
 import os
 import re
-import shutil
 import socket
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,6 +18,8 @@ from typing import Annotated, Any, Self
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app import command
 
 MiB = 1024 * 1024
 INSTANCE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -101,11 +102,7 @@ class Settings(BaseSettings):
     @field_validator("cmd")
     @classmethod
     def _resolve_cmd(cls, cmd: str) -> str:
-        # Resolved with the server's PATH: with --passenv= the child has no PATH to look it up.
-        found = shutil.which(cmd)
-        if found is None or os.path.isdir(found):
-            raise ValueError(f"{cmd!r} not found or not executable")
-        return os.path.abspath(found)
+        return command.resolve(cmd)  # a full path, its #! interpreter checked
 
     @field_validator("addr")
     @classmethod

@@ -4,57 +4,35 @@ No behaviour lives here: parsing, one-line usage errors (exit 2, before anything
 spawned), `--help` and `--version`. The grammar (`--frame[=MODE]`, `-vv`, options on either side of
 CMD, ARGS only after `--`) is argparse's plus one rewrite: a bare `--frame` means `--frame=binary`,
 so `--frame cat` frames with binary and wraps `cat`.
+
+`SCALESOCKET_<OPTION>` variables fill in whatever no flag gives (CMD and ARGS included), so one
+environment configures both `scalesocket` and `uvicorn app:asgi`; an error in a value names the flag
+and, when the value came from the environment, the variable.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from app import __version__
 from app.settings import Settings
+from cli.help import SeedHelpFormatter, format_help
 
-FLAGS = {  # Settings field -> the flag a user typed
-    "cmd": "CMD",
-    "args": "ARGS",
-    "addr": "--addr",
-    "binary": "--binary",
-    "frame": "--frame",
-    "client_frame": "--client-frame",
-    "server_frame": "--server-frame",
-    "cmd_attach_delay": "--cmd-attach-delay",
-    "joinmsg": "--joinmsg",
-    "leavemsg": "--leavemsg",
-    "json_logs": "--json",
-    "metrics": "--metrics",
-    "oneshot": "--oneshot",
-    "passenv": "--passenv",
-    "staticdir": "--staticdir",
-    "stats": "--stats",
-    "tcp": "--tcp",
-    "tcpports": "--tcpports",
-    "verbose": "-v",
-    "forwarded_allow_ips": "--forwarded-allow-ips",
-    "ping_interval": "--ping-interval",
-    "ping_timeout": "--ping-timeout",
-    "loglevel": "--loglevel",
-    "cgi": "--cgi",
-    "pty": "--pty",
-    "stop_grace": "--closems",
-    "delimiters": "--delimiters",
-    "null": "--null",
-    "registry": "--registry",
-    "advertise": "--advertise",
-    "instance": "--instance",
-    "drain_timeout": "--drain-timeout",
-    "lease_ttl": "SCALESOCKET_LEASE_TTL",
-    "cluster_secret": "SCALESOCKET_CLUSTER_SECRET",
-}
+USAGE = "scalesocket [OPTIONS] <CMD> [-- <ARGS>...]"
+TEMPLATES = (
+    "MSG is a template: #ID is the client's id, #ROOM the room, #REMOTE_ADDR the client's address, "
+    "#QUERY_STRING the query string of its URL, #QUERY_<NAME> its query parameter NAME and #HTTP_<NAME> its "
+    "request header NAME (both percent-encoded)."
+)
 MODES = ["binary", "json", "gwsocket"]  # gwsocket: scalesocket 0.2's name for binary
 
 
@@ -62,78 +40,96 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"scalesocket: error: {message}\n")  # one line, no usage dump
 
+    def format_help(self) -> str:
+        args = argparse.Action([], dest="args", metavar="<ARGS>...", help="Arguments to command")  # after `--`
+        return format_help(self, {"ARGS": [args]})
+
 
 def parser() -> Parser:
-    p = Parser(
+    root = Parser(
         prog="scalesocket",
-        usage="scalesocket [OPTIONS] <CMD> [-- <ARGS>...]",
+        usage=USAGE,
         description=f"scalesocket {__version__}\nA websocket server and autoscaler",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=SeedHelpFormatter,
         add_help=False,
     )
-    p.add_argument("cmd", metavar="CMD", nargs="?", help="Command to wrap")
-    p.add_argument("--addr", metavar="<ADDR>", help="Interface to bind to [default: 0.0.0.0:9000]")
+    root.add_argument_group("ARGS").add_argument("cmd", metavar="<CMD>", nargs="?", help="Command to wrap")
+    p = root.add_argument_group("OPTIONS")  # every option below; --help sorts them by name
+    p.add_argument("--addr", metavar="<ADDR>", help="Interface to bind to (IPv6 as [::1]:9000)")
     p.add_argument(
         "-b", "--binary", action="store_true", default=None, help="Set scalesocket to experimental binary mode"
     )
     p.add_argument(
         "--client-frame",
         "--clientframe",
-        metavar="<MODE>",
+        metavar="=<MODE>",
         choices=MODES,
-        help="Enable framing and routing for client originated messages. See --frame for options.",
+        help="Enable framing and routing for client originated messages\n\nSee --frame for options.",
     )
     p.add_argument(
         "--cmd-attach-delay",
         "--delay",
         metavar="<SECONDS>",
         type=float,
-        help="Delay before attaching to child [default: 1 for --tcp]",
+        help="Delay before attaching to child [default: 1 for --tcp, else 0]",
     )
     p.add_argument(
         "--frame",
         metavar="[=<MODE>]",
         choices=MODES,
-        help="Enable framing and routing for all messages. Client messages are tagged with an ID header (u32). "
-        "Server messages with optional client ID are routed to clients. When set to `json` messages are parsed "
-        'as JSON: client messages are amended with an "id" field, server messages are routed to clients based on '
-        'an optional "id" field. When set to `binary` messages are parsed according to gwsocket\'s strict mode. '
-        "Unparseable messages may be dropped. See --server-frame and --client-frame for specifying framing "
-        "independently. [default: binary when set, possible values: binary, json]",
+        help="Enable framing and routing for all messages\n\n"
+        "Client messages are tagged with an ID header (u32). Server messages with optional client ID are "
+        "routed to clients.\n\n"
+        'When set to `json` messages are parsed as JSON. Client messages are amended with an "id" field. '
+        'Server messages are routed to clients based an optional "id" field. When set to `binary` messages '
+        "are parsed according to gwsocket's strict mode. Unparseable messages may be dropped.\n\n"
+        "The mode needs `=`: --frame=json (a bare --frame is binary). "
+        "`gwsocket` is scalesocket 0.2's name for `binary`.\n\n"
+        "See --server-frame and --client-frame for specifying framing independently.\n\n"
+        "[default: binary when set, possible values: binary, json]",
     )
     p.add_argument("-h", "--help", action="help", help="Print help information")
     p.add_argument(
         "--forwarded-allow-ips",
         metavar="<IPS>",
-        help="Proxies trusted to set X-Forwarded-For (comma-separated, or *) [default: 127.0.0.1,::1]",
+        help="Proxies trusted to set X-Forwarded-For (comma-separated IPs or networks, or *)",
     )
-    p.add_argument("--joinmsg", metavar="<MSG>", help="Emit message to child on client connect (use #ID for id)")
+    p.add_argument(
+        "--joinmsg", metavar="<MSG>", help=f"Emit message to child on client connect (use #ID for id)\n\n{TEMPLATES}"
+    )
     p.add_argument("--json", dest="json_logs", action="store_true", default=None, help="Log JSON")
-    p.add_argument("--leavemsg", metavar="<MSG>", help="Emit message to child on client disconnect (use #ID for id)")
+    p.add_argument(
+        "--leavemsg",
+        metavar="<MSG>",
+        help=f"Emit message to child on client disconnect (use #ID for id)\n\n{TEMPLATES}",
+    )
     p.add_argument("--metrics", action="store_true", default=None, help="Expose OpenMetrics endpoint at /metrics")
     p.add_argument("--oneshot", action="store_true", default=None, help="Serve only once")
     p.add_argument(
-        "--passenv", metavar="<LIST>", help="List of envvars to pass to child [default: PATH,DYLD_LIBRARY_PATH]"
+        "--passenv",
+        metavar="<LIST>",
+        help="List of envvars to pass to child\n\n`--passenv=` passes none. "
+        "Add PYTHONUNBUFFERED to the list for Python children that do not flush.",
     )
     p.add_argument(
         "--server-frame",
         "--serverframe",
-        metavar="<MODE>",
+        metavar="=<MODE>",
         choices=MODES,
-        help="Enable framing and routing for server originated messages. See --frame for options.",
+        help="Enable framing and routing for server originated messages\n\nSee --frame for options.",
     )
     p.add_argument("--staticdir", metavar="<DIR>", help="Serve static files from directory over HTTP")
     p.add_argument(
         "--stats",
         action="store_true",
         default=None,
-        help="Expose stats endpoint at /<ROOM>/stats. "
+        help="Expose stats endpoint at /<ROOM>/stats\n\n"
         "Exposed statistics can be queried individually at /<ROOM>/stats/<STATISTIC>",
     )
     p.add_argument(
         "--tcp", action="store_true", default=None, help="Connect to child using TCP instead of stdio. Use PORT to bind"
     )
-    p.add_argument("--tcpports", metavar="<START:END>", help="Port range for TCP [default: 9001:9999]")
+    p.add_argument("--tcpports", metavar="<START:END>", help="Port range for TCP (END exclusive)")
     p.add_argument(
         "--ping-interval",
         metavar="<SECONDS>",
@@ -181,7 +177,7 @@ def parser() -> Parser:
         help="websocketd's spelling: milliseconds between SIGTERM and SIGKILL when stopping a child "
         "(SCALESOCKET_STOP_GRACE in seconds) [default: 5000]",
     )
-    p.add_argument("-v", dest="verbose", action="count", help="Increase level of verbosity")
+    p.add_argument("-v", dest="verbose", action="count", help="Increase level of verbosity (-vv: more still)")
     p.add_argument(
         "-V", "--version", action="version", version=f"scalesocket {__version__}", help="Print version information"
     )
@@ -198,7 +194,7 @@ def parser() -> Parser:
         choices=["json", "text"],
         help="Log format: --log=json is --json (scalesocket 0.2's spelling)",
     )
-    cluster = p.add_argument_group("cluster (docs/cluster.md)")
+    cluster = root.add_argument_group("CLUSTER (docs/cluster.md)")
     cluster.add_argument(
         "--registry", metavar="<URL>", help="redis://HOST:PORT[/DB] holding which instance owns which room"
     )
@@ -216,33 +212,101 @@ def parser() -> Parser:
         type=float,
         help="On SIGTERM, keep serving live rooms up to this long [default: 0]",
     )
-    p.epilog = "ARGS after `--` are passed to CMD unchanged."
-    return p
+    root.epilog = (
+        "ENVIRONMENT:\n    Every option is also a variable SCALESOCKET_<OPTION>; flags win over variables.\n"
+        '    SCALESOCKET_CMD=cat SCALESOCKET_FRAME=json SCALESOCKET_ARGS=\'["-n", "1"]\' scalesocket'
+    )
+    return root
 
 
 def to_settings(argv: Sequence[str]) -> Settings:
     """Parse `argv` (without the program name) into Settings, or exit 2 with a one-line error."""
+    return _parse(argv)[0]
+
+
+def _parse(argv: Sequence[str]) -> tuple[Settings, dict[str, Any]]:
+    """Settings, and the values the flags gave (what did not come from the environment)."""
     argv = list(argv)
     before, args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
-    before = ["--frame=binary" if token == "--frame" else token for token in before]
     p = parser()
-    namespace = p.parse_args(before)
-    if namespace.cmd is None:
-        p.error("the following arguments are required: CMD")
+    for flag, value in zip(before, before[1:], strict=False):
+        if flag == "--frame" and value in MODES:
+            p.error(f"--frame {value}: the mode needs `=`: write --frame={value} (a bare --frame is binary)")
+    namespace, extras = p.parse_known_args(["--frame=binary" if token == "--frame" else token for token in before])
+    if extras:
+        p.error(_unrecognized(before, args, namespace.cmd, extras))
     values: dict[str, Any] = {k: v for k, v in vars(namespace).items() if v is not None}
     if (log_format := values.pop("log", None)) is not None:
         if values.get("json_logs") and log_format == "text":
             p.error("--log=text contradicts --json")
         values["json_logs"] = log_format == "json"
-    values["args"] = args
+    if namespace.cmd is not None or "--" in argv:
+        values["args"] = args  # CMD from the command line takes its ARGS from there, never the environment
+    if namespace.cmd is None and not _env("cmd"):
+        p.error(f"missing <CMD>, the command to wrap (or set SCALESOCKET_CMD): {USAGE}")
     _websocketd_spellings(p, values)
     try:
-        return Settings(**values)  # flags win; SCALESOCKET_* variables fill in what no flag gave
+        return Settings(**values), values  # flags win; SCALESOCKET_* variables fill in what no flag gave
     except ValidationError as error:
         problem = error.errors()[0]
-        where = FLAGS.get(str(problem["loc"][0]), str(problem["loc"][0])) if problem["loc"] else ""
+        field = _field(str(problem["loc"][0])) if problem["loc"] else ""
         message = problem["msg"].removeprefix("Value error, ")
-        p.error(f"{where}: {message}" if where else message)
+        p.error(f"{name(field, values)}: {message}" if field else message)
+    except SettingsError as error:  # a variable pydantic could not even decode, e.g. SCALESOCKET_ARGS=x
+        field = next((f for f in Settings.model_fields if f'field "{f}"' in str(error)), "")
+        p.error(f'{name(field, {})}: cannot decode the value (a list is JSON: \'["-n", "1"]\')')
+
+
+def _field(loc: str) -> str:
+    """The Settings field an error's location names (an alias such as `scalesocket_json` -> `json_logs`)."""
+    return next((f for f, info in Settings.model_fields.items() if info.validation_alias == loc), loc)
+
+
+def _env(field: str) -> str | None:
+    return os.environ.get(env_name(field)) or os.environ.get(env_name(field).lower())
+
+
+def env_name(field: str) -> str:
+    """The variable that sets the Settings field: SCALESOCKET_ADDR, SCALESOCKET_JSON for json_logs."""
+    alias = Settings.model_fields[field].validation_alias if field in Settings.model_fields else None
+    return (alias if isinstance(alias, str) else f"SCALESOCKET_{field}").upper()
+
+
+def flag_name(field: str) -> str:
+    """The flag that sets the Settings field (`--addr`, `--json`, `<CMD>`), or the variable if no flag does."""
+    if field == "args":
+        return "<ARGS>"
+    for action in parser()._actions:
+        if action.dest == field:
+            longs = [o for o in action.option_strings if o.startswith("--")]
+            return (longs or action.option_strings or [str(action.metavar)])[0]
+    return env_name(field)
+
+
+def name(field: str, from_flags: dict[str, Any]) -> str:
+    """How an error names a value: `--addr`, or `--addr (from SCALESOCKET_ADDR)` when a variable gave it."""
+    flag = flag_name(field)
+    if field in from_flags or flag == env_name(field) or _env(field) is None:
+        return flag
+    return f"{flag} (from {env_name(field)})"
+
+
+def _unrecognized(before: list[str], args: list[str], cmd: str | None, extras: list[str]) -> str:
+    """`unrecognized arguments`, with the command line rewritten when they were meant for CMD."""
+    message = f"unrecognized arguments: {shlex.join(extras)}"
+    if cmd is None or cmd not in before:
+        return message
+    at = before.index(cmd)
+    rest, pending, meant = [], list(extras), []
+    for token in before[at + 1 :]:  # what follows CMD: ours stays ours, the rest was meant for CMD
+        if pending and token == pending[0]:
+            meant.append(pending.pop(0))
+        else:
+            rest.append(token)
+    if pending:  # some unknown option stands before CMD: a typo of ours, not arguments for CMD
+        return message
+    fixed = shlex.join(["scalesocket", *before[:at], *rest, cmd, "--", *meant, *args])
+    return f"{message}: arguments for CMD go after `--`: {fixed}"
 
 
 def _websocketd_spellings(p: Parser, values: dict[str, Any]) -> None:
@@ -272,13 +336,16 @@ def _is_ip(text: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = to_settings(sys.argv[1:] if argv is None else argv)
+    settings, from_flags = _parse(sys.argv[1:] if argv is None else argv)
     from app import logs, server  # after parsing: `--help` stays fast
 
     logs.configure(settings.verbosity, settings.json_logs)
     if settings.quiet_below is not None:  # --loglevel error/fatal
         logs.quiet_below(settings.quiet_below)
-    return server.run(settings)
+    try:
+        return server.run(settings)
+    except server.BindError as error:
+        parser().error(f"{name('addr', from_flags)}: {error}")
 
 
 if __name__ == "__main__":
