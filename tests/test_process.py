@@ -60,12 +60,12 @@ class Proc:
 
 
 @asynccontextmanager
-async def run(argv: list[str], env: dict[str, str] | None = None) -> AsyncIterator[Proc]:
+async def run(argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> AsyncIterator[Proc]:
     """Start a server process and wait until /health answers; kill it at the end whatever happened."""
     port = free_port()
     argv = [arg.replace("{port}", str(port)) for arg in argv]
     process = await anyio.open_process(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, cwd=ROOT, start_new_session=True
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True
     )
     proc = Proc(process, port)
     async with anyio.create_task_group() as tg:
