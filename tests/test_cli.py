@@ -329,10 +329,12 @@ def test_help_has_one_whole_names_line_per_option(capsys: pytest.CaptureFixture[
     blocks = help_blocks(help_text(capsys))
     for action in parser()._actions:
         if action.option_strings:
-            [names] = [n for n in blocks if set(action.option_strings) <= set(re.split(r"[ ,=\[]+", n.strip()))]
-            assert names.startswith(
-                "    -" if any(not o.startswith("--") for o in action.option_strings) else "        --"
-            )
+            shorts = [o for o in action.option_strings if not o.startswith("--")]
+            longs = [o for o in action.option_strings if o.startswith("--")]
+            [names] = [n for n in blocks if set(shorts + longs[:1]) <= set(re.split(r"[ ,=\[]+", n.strip()))]
+            assert names.startswith("    -" if shorts else "        --")
+            for alias in longs[1:]:  # other spellings: named in the option's own block
+                assert alias in " ".join(blocks[names]), (alias, blocks[names])
     for paragraph in blocks.values():  # a name is never cut at a hyphen across lines
         assert not any(line.endswith("-") and not line.endswith(" -") for line in paragraph), paragraph
 
