@@ -5,6 +5,7 @@ The server runs with the arguments of `make run` (read from the Makefile); two p
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -59,6 +60,7 @@ class Browser:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.last_id = 0
+        self.events: list[dict[str, Any]] = []  # every event seen so far (Network.*, ...), in order
 
     async def call(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> Any:
         self.last_id += 1
@@ -71,14 +73,29 @@ class Browser:
                 reply = json.loads(await self.ws.recv())
                 if reply.get("id") == self.last_id:
                     break
+                if "method" in reply:
+                    self.events.append(reply)
         if "error" in reply:
             raise CdpError(f"{method}: {reply['error']}")
         return reply["result"]
 
     async def open(self, url: str) -> Page:
-        target = (await self.call("Target.createTarget", {"url": url}))["targetId"]
+        """A page at `url`, watched from its first request (network events are recorded in `events`)."""
+        target = (await self.call("Target.createTarget", {"url": "about:blank"}))["targetId"]
         session = (await self.call("Target.attachToTarget", {"targetId": target, "flatten": True}))["sessionId"]
+        await self.call("Network.enable", {}, session)
+        viewport = {"width": 900, "height": 620, "deviceScaleFactor": 1, "mobile": False}
+        await self.call("Emulation.setDeviceMetricsOverride", viewport, session)
+        await self.call("Page.navigate", {"url": url}, session)
         return Page(self, target, session)
+
+    def responses(self) -> list[tuple[int, str]]:
+        """(status, url) of every HTTP response the pages got so far."""
+        return [
+            (event["params"]["response"]["status"], event["params"]["response"]["url"])
+            for event in self.events
+            if event["method"] == "Network.responseReceived"
+        ]
 
 
 class Page:
@@ -113,16 +130,45 @@ class Page:
             log = await self.log()
             raise AssertionError(f"timed out waiting for {expression!r}; last {last!r}; #log: {log!r}") from None
 
-    async def log(self) -> list[str]:
-        """The lines of the page's #log."""
-        lines = await self.evaluate("[...document.querySelectorAll('#log > div')].map((d) => d.textContent)")
-        assert isinstance(lines, list)
-        return [str(line) for line in lines]
-
-    async def wait_line(self, line: str) -> None:
-        await self.wait_for(
-            f"[...document.querySelectorAll('#log > div')].some((d) => d.textContent === {json.dumps(line)})"
+    async def log(self) -> list[dict[str, Any]]:
+        """The entries of the page's #log: kind, who, body, and whether it is styled as our own."""
+        entries = await self.evaluate(
+            "[...document.querySelectorAll('#log > .entry')].map((e) => ({kind: e.dataset.kind,"
+            " who: e.querySelector('.who')?.textContent ?? '', body: e.querySelector('.body').textContent,"
+            " mine: e.classList.contains('mine'), time: e.querySelector('time').textContent}))"
         )
+        assert isinstance(entries, list)
+        return entries
+
+    async def wait_entry(self, kind: str, body: str, who: str | None = None) -> dict[str, Any]:
+        """Wait for an entry of `kind` with `body` (and `who`) in #log; return it."""
+        check = f"e.dataset.kind === {json.dumps(kind)} && e.querySelector('.body').textContent === {json.dumps(body)}"
+        if who is not None:
+            check += f" && e.querySelector('.who')?.textContent === {json.dumps(who)}"
+        await self.wait_for(f"[...document.querySelectorAll('#log > .entry')].some((e) => {check})")
+        return next(e for e in await self.log() if e["kind"] == kind and e["body"] == body)
+
+    async def people(self) -> list[str]:
+        names = await self.evaluate("[...document.querySelectorAll('#people .name')].map((n) => n.textContent)")
+        assert isinstance(names, list)
+        return [str(name) for name in names]
+
+    async def wait_people(self, names: list[str]) -> None:
+        await self.wait_for(
+            "JSON.stringify([...document.querySelectorAll('#people .name')].map((n) => n.textContent)) === "
+            + json.dumps(json.dumps(names, separators=(",", ":")))
+        )
+
+    async def type(self, text: str) -> None:
+        """Type `text` into the message box and send it, as a user would with Enter."""
+        await self.evaluate(
+            f"(() => {{ document.getElementById('text').value = {json.dumps(text)};"
+            " document.getElementById('form').requestSubmit(); })()"
+        )
+
+    async def screenshot(self, path: Path) -> None:
+        shot = await self.browser.call("Page.captureScreenshot", {"format": "png"}, self.session)
+        await anyio.Path(path).write_bytes(base64.b64decode(shot["data"]))
 
     async def close(self) -> None:
         await self.browser.call("Target.closeTarget", {"targetId": self.target})
@@ -175,29 +221,59 @@ async def chromium(tmp: Path) -> AsyncIterator[Browser]:
             await process.aclose()
 
 
+SCREENSHOTS = ROOT / "tests" / "screenshots"  # kept out of git (.gitignore): look at them after a run
+
+
 async def test_two_pages_chat_through_the_example(tmp_path: Path) -> None:
     async with run(make_run()) as server, chromium(tmp_path) as browser:
         url = f"http://127.0.0.1:{server.port}/?room=t"
         a = await browser.open(url)
-        await a.wait_line("you are guest1; here: guest1")  # the first client of the server is id 1
+        await a.wait_entry("system", "You joined as guest1. Type /name to pick another name.")  # id 1: first client
         assert await a.evaluate("document.getElementById('room').textContent") == "t"
+        await a.wait_people(["guest1 (you)"])
         b = await browser.open(url)
-        await b.wait_line("you are guest2; here: guest1, guest2")
-        await a.wait_line("guest2 joined")
+        await b.wait_entry("system", "You joined as guest2. Type /name to pick another name.")
+        await b.wait_people(["guest1", "guest2 (you)"])
+        await a.wait_entry("system", "guest2 joined")
+        await a.wait_people(["guest1 (you)", "guest2"])
 
-        await a.evaluate(
-            "(() => { document.getElementById('text').value = 'hello';"
-            " document.getElementById('form').requestSubmit(); })()"
-        )
-        await b.wait_line("guest1: hello")
-        await a.wait_line("guest1: hello")
+        await a.type("hello")
+        theirs = await b.wait_entry("said", "hello", who="guest1")
+        mine = await a.wait_entry("said", "hello", who="you")
+        assert (mine["mine"], theirs["mine"]) == (True, False)  # our own messages are told apart
+        assert re.fullmatch(r"\d\d:\d\d( [AP]M)?", mine["time"]), mine  # timestamped
         assert await a.evaluate("document.getElementById('text').value") == ""  # the form was sent and cleared
-
-        # The welcome is private: routed by "id" to its own client only, and styled as such.
-        assert await a.evaluate("[...document.querySelectorAll('#log > .private')].map((d) => d.textContent)") == [
-            "you are guest1; here: guest1"
+        # The joiner sees its welcome, never also "guest2 joined" (it came before "hello", so it would be here).
+        assert [e["body"] for e in await b.log() if e["kind"] == "system"] == [
+            "You joined as guest2. Type /name to pick another name."
         ]
-        assert not any(line.startswith("you are guest1") for line in await b.log())
+
+        await b.type("/name bob")
+        await a.wait_entry("system", "guest2 is now bob")
+        await b.wait_entry("system", "You are now bob")
+        await a.wait_people(["guest1 (you)", "bob"])
+
+        # Whisper by clicking bob in the list: only bob gets it; the sender sees its receipt.
+        await a.evaluate("[...document.querySelectorAll('#people button')].find((b) => !b.disabled).click()")
+        assert await a.evaluate("document.getElementById('whisper-to').textContent") == "whisper to bob"
+        await a.type("psst")
+        await b.wait_entry("whisper", "psst", who="guest1 whispers")
+        await a.wait_entry("whispered", "psst", who="you whisper to bob")
+        await b.type("/w guest1 back at you")  # and with the command
+        await a.wait_entry("whisper", "back at you", who="bob whispers")
+        assert not any(e["kind"] == "said" and e["body"] == "psst" for e in await b.log())
+        await b.type("all good")
+        await a.wait_entry("said", "all good", who="bob")
+
+        await anyio.Path(SCREENSHOTS).mkdir(exist_ok=True)
+        await a.screenshot(SCREENSHOTS / "chat-guest1.png")
+        await b.screenshot(SCREENSHOTS / "chat-bob.png")
+
+        # Every request of both pages was answered, /favicon.ico included (the page declares an inline icon).
+        responses = browser.responses()
+        assert responses and all(status < 400 for status, _ in responses), responses
+        assert not any(url.endswith("/favicon.ico") for _, url in responses), responses
 
         await b.close()  # --leavemsg reaches the child, which tells the room
-        await a.wait_line("guest2 left")
+        await a.wait_entry("system", "bob left")
+        await a.wait_people(["guest1 (you)"])
