@@ -81,7 +81,8 @@ class Browser:
 
     async def open(self, url: str) -> Page:
         """A page at `url`, watched from its first request (network events are recorded in `events`)."""
-        target = (await self.call("Target.createTarget", {"url": "about:blank"}))["targetId"]
+        # A window each, so both pages are visible and render (a background tab may not paint a screenshot).
+        target = (await self.call("Target.createTarget", {"url": "about:blank", "newWindow": True}))["targetId"]
         session = (await self.call("Target.attachToTarget", {"targetId": target, "flatten": True}))["sessionId"]
         await self.call("Network.enable", {}, session)
         viewport = {"width": 900, "height": 620, "deviceScaleFactor": 1, "mobile": False}
@@ -167,6 +168,7 @@ class Page:
         )
 
     async def screenshot(self, path: Path) -> None:
+        await self.browser.call("Page.bringToFront", {}, self.session)
         shot = await self.browser.call("Page.captureScreenshot", {"format": "png"}, self.session)
         await anyio.Path(path).write_bytes(base64.b64decode(shot["data"]))
 
