@@ -288,10 +288,15 @@ def help_blocks(text: str) -> dict[str, list[str]]:
     for line in text.splitlines():
         if line and not line.startswith(" "):
             section = line
-        elif section in ("ARGS:", "OPTIONS:") and line.strip() and not line.startswith(" " * 12):
+        elif (
+            section.endswith(":")
+            and section not in ("USAGE:", "ENVIRONMENT:")
+            and line.strip()
+            and not line.startswith(" " * 12)
+        ):
             assert line not in blocks, f"two blocks for {line!r}"
             blocks[line] = []
-        elif section in ("ARGS:", "OPTIONS:") and line.strip():
+        elif section.endswith(":") and section not in ("USAGE:", "ENVIRONMENT:") and line.strip():
             blocks[list(blocks)[-1]].append(line.strip())
     return blocks
 
@@ -311,8 +316,17 @@ def test_help_matches_the_seed_layout(capsys: pytest.CaptureFixture[str]) -> Non
     assert [name for name in blocks if name in SEED_NAMES] == SEED_NAMES  # all there, in the seed's order
     assert blocks["    <ARGS>..."] == ["Arguments to command"]
     assert blocks["    <CMD>"] == ["Command to wrap"]
-    options = [name for name in blocks if name.lstrip().startswith("-")]
-    assert options == sorted(options, key=lambda n: n.split(",")[-1].strip().lstrip("-").lower().split("=")[0])
+    sections: dict[str, list[str]] = {}
+    heading = ""
+    for line in lines:  # the names lines of each section, in order
+        if line and not line.startswith(" "):
+            heading = line
+        elif line in blocks:
+            sections.setdefault(heading, []).append(line)
+    assert sections["OPTIONS:"][0] == "        --addr <ADDR>"
+    for section in sections.values():  # options are sorted by name within each section
+        options = [name for name in section if name.lstrip().startswith("-")]
+        assert options == sorted(options, key=lambda n: n.split(",")[-1].strip().lstrip("-").lower().split("=")[0])
     for names, default in [
         ("        --addr <ADDR>", "[default: 0.0.0.0:9000]"),
         ("        --passenv <LIST>", "[default: PATH,DYLD_LIBRARY_PATH]"),
