@@ -125,7 +125,7 @@ def alive(pid: int) -> bool:
     # A zombie still answers kill(0): look at its state.
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
+    except (FileNotFoundError, ProcessLookupError, IndexError):  # reaped between the two looks
         return False
 
 
