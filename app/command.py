@@ -17,7 +17,7 @@ def resolve(cmd: str) -> str:
     # Resolved with the server's PATH: with --passenv= the child has no PATH to look it up.
     found = shutil.which(cmd)
     if found is None or os.path.isdir(found):
-        raise ValueError(f"{cmd!r} not found or not executable")
+        raise ValueError(_not_found(cmd))
     path = os.path.abspath(found)
     try:
         with open(path, "rb") as file:
@@ -28,6 +28,15 @@ def resolve(cmd: str) -> str:
     if problem is not None:
         raise ValueError(f"{cmd!r}: {problem}")
     return path
+
+
+def _not_found(cmd: str) -> str:
+    """Why `cmd` cannot run, with what a newcomer most likely meant (`x.py` here is `./x.py`)."""
+    if os.path.isfile(cmd) and not os.access(cmd, os.X_OK):
+        return f"{cmd!r} is not executable: chmod +x {cmd}"
+    if os.path.isfile(cmd) and os.sep not in cmd:
+        return f"{cmd!r} is not on PATH: write ./{cmd} for the one in this folder"
+    return f"{cmd!r} not found or not executable"
 
 
 def shebang(head: bytes) -> tuple[str, str] | None:

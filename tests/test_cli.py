@@ -211,6 +211,18 @@ def test_cmd_whose_interpreter_cannot_run_is_a_start_up_error(
     assert "<CMD>" in err and says in err
 
 
+def test_a_cmd_in_this_folder_or_without_x_says_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    script = tmp_path / "game.py"
+    script.write_text("#!/bin/sh\necho hi\n")
+    assert "chmod +x ./game.py" in error_of(["./game.py"], capsys)
+    script.chmod(0o755)
+    assert "write ./game.py" in error_of(["game.py"], capsys)
+    assert to_settings(["./game.py"]).cmd == str(script)
+
+
 def test_port_in_use_names_the_address_and_exits_2() -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         addr = f"127.0.0.1:{taken.getsockname()[1]}"
