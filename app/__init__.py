@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from app.budget import InboundBudget
 from app.cluster import Cluster
 from app.cluster_metrics import ClusterCollector
 from app.metrics import HttpMetrics, Metrics
@@ -45,6 +46,8 @@ def create_app(settings: Settings) -> Starlette:
     """The scalesocket ASGI application for `settings`."""
     # A registry per app, never prometheus_client's global one: two apps in one process stay apart.
     metrics = Metrics() if settings.metrics else None
+    # What all clients may have on its way in, server-wide; our websocket protocol charges it too.
+    inbound = InboundBudget(settings.inbound_bytes)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
@@ -56,6 +59,7 @@ def create_app(settings: Settings) -> Starlette:
             anyio.create_task_group() as tg,
         ):
             rooms = Rooms(tg, settings, spawner)
+            rooms.inbound = inbound
             app.state.rooms = rooms
             app.state.cluster = cluster
             collector = ClusterCollector(cluster) if metrics is not None else None
@@ -96,6 +100,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.inbound = inbound
     app.state.request_exit = _raise_sigterm
     return app
 

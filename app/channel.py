@@ -113,6 +113,12 @@ class Channel:
     def writable(self) -> bool:
         return self._writer.writable.is_set()
 
+    @property
+    def buffered(self) -> int:
+        """Bytes written and not yet taken by the child."""
+        transport = self._writer.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
     def write(self, data: bytes) -> None:
         """Queue bytes for the child; never blocks (the caller bounds what it queues)."""
         if not self.closed and self._writer.transport is not None:

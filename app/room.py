@@ -22,6 +22,7 @@ from typing import Protocol
 
 import anyio
 
+from app.budget import InboundBudget
 from app.cgi import cgi_environment
 from app.channel import Channel
 from app.child import describe_exit, start_child
@@ -79,6 +80,7 @@ class Host(Protocol):
 
     spawner: Spawner
     slow_clients: int  # clients closed with 1008, server-wide
+    inbound: InboundBudget | None  # children's unread input counts in it
 
     def forget(self, room: Room) -> None:
         """The room is dying: the next joiner of its name gets a fresh one."""
@@ -214,6 +216,8 @@ class Room:
         if not channel.writable:
             conn.pause_reading()
             self._stalled_readers[conn.id] = conn
+            if (inbound := self._rooms.inbound) is not None:
+                inbound.charge(self, channel.buffered)
 
     @property
     def attached(self) -> bool:
@@ -235,6 +239,8 @@ class Room:
             self._resume_readers()
 
     def _resume_readers(self) -> None:
+        if (inbound := self._rooms.inbound) is not None:
+            inbound.charge(self, 0)  # the child has read down to its pipe's low-water mark
         readers, self._stalled_readers = self._stalled_readers, {}
         for conn in readers.values():
             conn.resume_reading()
@@ -401,6 +407,8 @@ class Room:
                 if self._channel is not None:
                     self._channel.close()
                 self.lease.room_done(self)  # its child is reaped: the room's lease may be given back
+                if (inbound := self._rooms.inbound) is not None:
+                    inbound.charge(self, 0)
                 self._rooms.room_done(self)
 
     async def _attach(self) -> None:

@@ -17,6 +17,7 @@ import anyio
 import anyio.abc
 from starlette.status import WS_1013_TRY_AGAIN_LATER
 
+from app.budget import InboundBudget
 from app.child import shell_status
 from app.connection.base import Connection
 from app.process import Spawner
@@ -46,6 +47,7 @@ class Rooms:
         self.live: dict[str, Room] = {}  # rooms a new client may join
         self.running: set[Room] = set()  # every room whose run() has not returned, dying ones too
         self.slow_clients = 0  # clients closed with 1008, server-wide
+        self.inbound: InboundBudget | None = None  # the server's inbound budget (create_app sets it)
         self.finished = anyio.Event()  # --oneshot: the one session is over
         self.exit_status = 0
         self.on_room_open: Callable[[Room], None] = lambda room: None

@@ -25,6 +25,7 @@ from starlette.applications import Starlette
 from app import create_app
 from app.cluster import Cluster
 from app.connection import fast_path_problem, protocol_class
+from app.connection.http import http_class
 from app.rooms import Rooms
 from app.settings import Settings
 
@@ -48,6 +49,7 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         app,
         host=settings.host,
         port=settings.port,
+        http=http_class(settings.handshake_timeout),  # httptools, with the request's head bounded
         ws=ws_protocol(app),
         ws_max_size=settings.max_message_size,
         ws_ping_interval=settings.ping_interval or None,  # 0: no pings

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     ping_timeout: float = Field(20.0, ge=0, description="Seconds a client has to answer a ping (0: no limit)")
     cgi: bool = Field(False, description="Give the child websocketd's CGI environment, from the room's first request")
     pty: bool = Field(False, description="The child's stdout is a pseudo-terminal, so it writes each line at once")
+    handshake_timeout: float = Field(10.0, gt=0, description="Seconds a client has to send its HTTP request")
+    inbound_bytes: int = Field(
+        64 * MiB, ge=1024, description="Bytes all clients together may have buffered on their way to children"
+    )
     loglevel: LogLevel | None = Field(None, description="websocketd's log level; -v stands for debug, -vv for trace")
 
     @field_validator("cmd")

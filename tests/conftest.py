@@ -57,11 +57,15 @@ class Running:
 
 
 @asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[Running]:
+async def serve(settings: Settings, *, plain_asgi: bool = False) -> AsyncIterator[Running]:
+    """A real server on a free port; `plain_asgi`: with uvicorn's own protocols, as `uvicorn app:asgi`."""
     sock = socket.create_server(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     app = create_app(settings)
-    server = Server(uvicorn_config(app, settings), app)
+    config = uvicorn_config(app, settings)
+    if plain_asgi:
+        config.http, config.ws = "httptools", "websockets-sansio"
+    server = Server(config, app)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve, [sock])
         with anyio.fail_after(TIMEOUT):

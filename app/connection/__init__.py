@@ -32,16 +32,16 @@ from __future__ import annotations
 
 from starlette.websockets import WebSocket
 
+from app.budget import InboundBudget
 from app.connection.asgi import AsgiConnection
 from app.connection.base import Connection, Disconnected, OnMessage
-from app.connection.protocol import SCOPE_KEY, Budget, FastConnection, WebSocketProtocol, fast_path_problem
+from app.connection.protocol import SCOPE_KEY, FastConnection, WebSocketProtocol, fast_path_problem
 
 __all__ = [
     "AsgiConnection",
     "Connection",
     "Disconnected",
     "FastConnection",
-    "Budget",
     "OnMessage",
     "WebSocketProtocol",
     "fast_path_problem",
@@ -58,6 +58,6 @@ def open_connection(websocket: WebSocket, limit: int) -> FastConnection | AsgiCo
     return AsgiConnection(websocket, limit)
 
 
-def protocol_class(budget: Budget | None) -> type[WebSocketProtocol]:
+def protocol_class(budget: InboundBudget | None) -> type[WebSocketProtocol]:
     """Our protocol class for one server (uvicorn makes one per connection), charging `budget`."""
     return type("ScalesocketProtocol", (WebSocketProtocol,), {"budget": budget})

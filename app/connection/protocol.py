@@ -25,15 +25,18 @@ import logging
 import os
 from collections import deque
 from http import HTTPStatus
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 from urllib.parse import unquote
 
 from app.batch import Batch
+from app.budget import InboundBudget
 from app.connection.base import CloseRequest, Connection, Disconnected, OnMessage
 from app.connection.frames import BINARY, CLOSE, PING, PONG, TEXT, Reader, Violation, close_frame, control_frame
 from app.connection.handshake import Refusal, Upgrade, http_response, parse_upgrade, switching_protocols
+from app.connection.hangup import HangupWatch
 
 log = logging.getLogger("scalesocket.connection")
+hangups = HangupWatch()  # one epoll set for every paused connection
 
 CLOSE_DRAIN = 10.0  # for a peer to read up to our close frame and answer it, as uvicorn allows
 
@@ -44,16 +47,10 @@ BY_ROOM, BY_OUTPUT, BY_QUEUE, BY_BUDGET = 1, 2, 4, 8
 _PHRASES = {400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed", 426: "Upgrade Required"}
 
 
-class Budget(Protocol):
-    """What the protocol needs of the server-wide inbound budget (app.budget.InboundBudget)."""
-
-    def hold(self, holder: WebSocketProtocol, held: int) -> None: ...
-
-
 class WebSocketProtocol(asyncio.Protocol):
     """One websocket connection under uvicorn (made by uvicorn: `ws=` takes the class)."""
 
-    budget: ClassVar[Budget | None] = None  # set per server (app.connection.protocol_class)
+    budget: ClassVar[InboundBudget | None] = None  # set per server (app.connection.protocol_class)
 
     def __init__(
         self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: asyncio.AbstractEventLoop | None = None
@@ -86,11 +83,14 @@ class WebSocketProtocol(asyncio.Protocol):
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pong_timer: asyncio.TimerHandle | None = None
         self._ping_sent: bytes | None = None
+        self._fd = -1
 
     # --- transport callbacks ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
         self.server_state.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -109,6 +109,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED
+        hangups.unwatch(self._fd)
         self.server_state.connections.discard(self)
         for timer in (self._close_timer, self._ping_timer, self._pong_timer):
             if timer is not None:
@@ -147,6 +148,7 @@ class WebSocketProtocol(asyncio.Protocol):
     def _pause(self, why: int) -> None:
         if not self.paused and self.state is not CLOSED:
             self.transport.pause_reading()
+            hangups.watch(self._fd, self._hung_up)  # paused, it would not see the client leave
         self.paused |= why
 
     def _resume(self, why: int) -> None:
@@ -154,15 +156,28 @@ class WebSocketProtocol(asyncio.Protocol):
             return
         self.paused &= ~why
         if not self.paused and self.state is not CLOSED:
+            hangups.unwatch(self._fd)
             self.transport.resume_reading()
             self._process()
             self._account()
+
+    def _hung_up(self) -> None:
+        """The client left while we were not reading it: let go of it (and its buffers) now."""
+        if self.state is not CLOSED:
+            self.transport.abort()
+
+    def pause_for_budget(self) -> None:
+        self._pause(BY_BUDGET)
+
+    def resume_for_budget(self) -> None:
+        self._resume(BY_BUDGET)
 
     def _account(self) -> None:
         budget = self.budget
         if budget is not None:
             held = self.reader.buffered
             if held != self.held:
+                self.held = held
                 budget.hold(self, held)
 
     def _process(self) -> None:
