@@ -24,6 +24,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response as HandshakeResponse
 from websockets.protocol import State
+from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from app.batch import BINARY, TEXT, Batch
@@ -39,6 +40,23 @@ CLIENT_HEADER = "x-scalesocket-client"  # the client's address as the entry inst
 VIA_HEADER = "x-scalesocket-via"  # the entry instance's name, for the owner's logs
 OWNER_LOST = 1012  # the owner went away without a close frame: the client should reconnect
 OPEN_TIMEOUT = 2.0  # to a healthy owner this takes milliseconds; a paused one must not hold the client long
+# The handshake's own headers: the hop to the owner has its own (and its own framing).
+HOP_HEADERS = frozenset(
+    {
+        b"connection",
+        b"upgrade",
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-extensions",
+        b"sec-websocket-protocol",
+        b"content-length",
+        b"transfer-encoding",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"proxy-connection",
+    }
+)
 FETCH_LIMIT = 64 * 1024  # a peer's stats answer is a few hundred bytes
 UNSENDABLE = frozenset({1005, 1006, 1015})  # codes that never appear in a close frame
 
@@ -216,17 +234,36 @@ class Upstream(asyncio.Protocol):
             self.transport.close()
 
 
-async def _open(target: Forward, name: str, query: str, headers: dict[str, str], settings: Settings) -> Upstream:
+def passed_headers(websocket: WebSocket) -> list[tuple[str, str]]:
+    """The client's request headers the owner should see as if the client had come to it (its
+    Host, Origin, cookies, user agent: `#HTTP_*`, --cgi, origin checks), without the handshake's
+    own and without any cluster header a client may have sent."""
+    return [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in websocket.scope.get("headers", [])
+        if name.lower() not in HOP_HEADERS and not name.lower().startswith(b"x-scalesocket-")
+    ]
+
+
+async def _open(
+    target: Forward, name: str, query: str, headers: list[tuple[str, str]], subprotocols: list[str], settings: Settings
+) -> Upstream:
     """Connect to the owner and complete the handshake; InvalidStatus when it refuses."""
     host, port = split_host_port(target.address)
     path = f"/{name}" + (f"?{query}" if query else "")
-    ws = ClientProtocol(parse_uri(f"ws://{target.address}{path}"), max_size=settings.max_message_size)
+    ws = ClientProtocol(
+        parse_uri(f"ws://{target.address}{path}"),
+        subprotocols=[Subprotocol(p) for p in subprotocols] or None,
+        max_size=settings.max_message_size,
+    )
     loop = asyncio.get_running_loop()
     with anyio.fail_after(OPEN_TIMEOUT):
         _, upstream = await loop.create_connection(lambda: Upstream(ws), host, port)
         try:
             request = ws.connect()
-            for key, value in headers.items():
+            for key, value in headers:
+                if key.lower() == "host":
+                    del request.headers["Host"]  # the client's, as the owner's templates would see it
                 request.headers[key] = value
             ws.send_request(request)
             upstream._flush()
@@ -242,10 +279,12 @@ async def relay(
     websocket: WebSocket, target: Forward, name: str, query: str, client: str, cluster: Cluster, settings: Settings
 ) -> None:
     """Serve `websocket` through the room's owner at `target`, until either side closes."""
-    headers = {SECRET_HEADER: cluster.secret, CLIENT_HEADER: client, VIA_HEADER: cluster.instance}
+    headers = passed_headers(websocket)
+    headers += [(SECRET_HEADER, cluster.secret), (CLIENT_HEADER, client), (VIA_HEADER, cluster.instance)]
+    subprotocols = list(websocket.scope.get("subprotocols") or [])
     extra = {"room": name, "owner": target.instance, "remote": client}
     try:
-        upstream = await _open(target, name, query, headers, settings)
+        upstream = await _open(target, name, query, headers, subprotocols, settings)
     except InvalidStatus as error:
         response = error.response
         kept = {k: v for k, v in response.headers.items() if k.lower() in ("retry-after", "content-type")}
@@ -265,7 +304,7 @@ async def relay(
     cluster.relays.add(conn)
     try:
         try:
-            await websocket.accept()
+            await websocket.accept(subprotocol=upstream.ws.subprotocol)  # the owner's choice, if any
         except WebSocketDisconnect:
             return
         log.info("client forwarded", extra=extra)

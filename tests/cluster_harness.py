@@ -92,7 +92,7 @@ class Instance:
             self.name,
             "--drain-timeout",
             str(DRAIN),
-            "--joinmsg=join #REMOTE_ADDR",
+            "--joinmsg=join #REMOTE_ADDR #HTTP_X_DOOR #HTTP_HOST",
             "--stats",
             "--metrics",
         ]

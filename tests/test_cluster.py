@@ -119,7 +119,9 @@ async def test_forwarded_client_is_seen_by_the_owner_with_its_real_address(tmp_p
         async with connect(n1.url + "/where") as a:
             await a.send("a")
             assert (await recv_text(a)).split()[0] == "n1"
-            async with connect(n2.url + "/where?who=b", local_addr=("127.0.0.2", 0)) as b:
+            # Its request headers reach the owner as it sent them (#HTTP_*), Host included.
+            door = {"X-Door": "b-door"}
+            async with connect(n2.url + "/where?who=b", local_addr=("127.0.0.2", 0), additional_headers=door) as b:
                 await b.send("b")
                 answer = await recv_text(b)
                 assert answer.split()[0] == "n1"  # carried to the owner
@@ -146,7 +148,7 @@ async def test_forwarded_client_is_seen_by_the_owner_with_its_real_address(tmp_p
         (life,) = c.children.check()["where"]
         assert (life.instance, [text for _, text in life.lines if text.startswith("join 127.0.0.2")]) == (
             "n1",
-            [f"join 127.0.0.2:{port}"],
+            [f"join 127.0.0.2:{port} b-door 127.0.0.1%3A{n2.port}"],  # as #HTTP_* encodes it
         )
         await all_reaped(c)
 

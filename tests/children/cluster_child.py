@@ -1,6 +1,6 @@
 """A cluster test child: logs its start, every line it receives and its exit to the file ARGV[1],
 each with time.monotonic() (one clock for every process of the machine), and answers every line
-with "<instance> <pid> <line>" — except join messages ("join #REMOTE_ADDR"), which it only logs."""
+with "<instance> <pid> <line>" — except join messages ("join #REMOTE_ADDR ..."), which it only logs."""
 
 from __future__ import annotations
 
