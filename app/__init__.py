@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from app.admission import Admission, OriginGuard
 from app.budget import InboundBudget
 from app.cluster import Cluster
 from app.cluster_metrics import ClusterCollector
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> Starlette:
     metrics = Metrics() if settings.metrics else None
     # What all clients may have on its way in, server-wide; our websocket protocol charges it too.
     inbound = InboundBudget(settings.inbound_bytes)
+    admission = Admission(settings)  # the origin check, --rooms and the limits, and what they refused
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
@@ -58,7 +60,7 @@ def create_app(settings: Settings) -> Starlette:
             Cluster.running(settings, spawner) as cluster,
             anyio.create_task_group() as tg,
         ):
-            rooms = Rooms(tg, settings, spawner)
+            rooms = Rooms(tg, settings, spawner, admission)
             rooms.inbound = inbound
             app.state.rooms = rooms
             app.state.cluster = cluster
@@ -94,7 +96,7 @@ def create_app(settings: Settings) -> Starlette:
     if settings.staticdir is not None:
         # A Route rather than Mount("/"): its template labels the HTTP metrics ("/{path:path}", not "").
         routes.append(Route("/{path:path}", StaticDir(settings.staticdir), name="static"))
-    middleware = [Middleware(RoomShortcut)]
+    middleware = [Middleware(OriginGuard, admission=admission), Middleware(RoomShortcut)]
     if metrics is not None:
         middleware.append(Middleware(HttpMetrics, metrics=metrics))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)

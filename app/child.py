@@ -38,9 +38,7 @@ async def start_child(
     """Spawn with fresh pipes; stderr is logged. With `stdio` the child's stdin and stdout are the
     returned channel; otherwise stdin is /dev/null and stdout is logged too (the caller connects).
     With `pty` stdout is a raw pseudo-terminal instead of a pipe (app.terminal)."""
-    stdin_r, stdin_w = os.pipe() if stdio else (os.open(os.devnull, os.O_RDONLY), -1)
-    stdout_r, stdout_w = terminal.open_raw() if pty else os.pipe()
-    stderr_r, stderr_w = os.pipe()
+    stdin_r, stdin_w, stdout_r, stdout_w, stderr_r, stderr_w = _stdio_pipes(stdio, pty)
     try:
         child = await spawner.spawn(path, args, env, stdin_r, stdout_w, stderr_w, deadline)
     except BaseException:
@@ -58,6 +56,26 @@ async def start_child(
     stdout = LogLines(label, child.pid, "stdout")
     await drain_to(stdout_r, stdout, stdout.close)  # always drained: a full pipe would block the child
     return child, None
+
+
+def _stdio_pipes(stdio: bool, pty: bool) -> tuple[int, int, int, int, int, int]:
+    """Fresh pipes for a child's stdin, stdout and stderr (stdin /dev/null and -1 without `stdio`,
+    stdout a raw pseudo-terminal with `pty`).
+
+    Out of descriptors, the pipes already made are closed again before the error goes up.
+    """
+    fds: list[int] = []
+    try:
+        fds.extend(os.pipe() if stdio else (os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1))
+        fds.extend(terminal.open_raw() if pty else os.pipe())
+        fds.extend(os.pipe())
+    except OSError:
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+        raise
+    stdin_r, stdin_w, stdout_r, stdout_w, stderr_r, stderr_w = fds
+    return stdin_r, stdin_w, stdout_r, stdout_w, stderr_r, stderr_w
 
 
 def describe_exit(code: int) -> str:

@@ -31,6 +31,7 @@ from starlette.types import ASGIApp
 from starlette_exporter import PrometheusMiddleware
 
 from app import logs
+from app.admission import REFUSALS
 
 if TYPE_CHECKING:
     from app.room import Room
@@ -192,6 +193,15 @@ class Metrics:
         yield self._counter(
             "scalesocket_child_stderr_bytes_dropped", "Child stderr bytes over the rate limit", dropped_bytes
         )
+        refused = CounterMetricFamily(
+            "scalesocket_websocket_refused",
+            "Websocket connections refused, by reason (before the upgrade; descriptors: also 1013 after it)",
+            labels=["reason"],
+        )
+        counts = self.rooms.admission.refused if self.rooms is not None else {}
+        for reason in sorted(set(REFUSALS) | counts.keys()):
+            refused.add_metric([reason], counts.get(reason, 0), created=created)
+        yield refused
 
     def _counter(self, name: str, documentation: str, value: int) -> CounterMetricFamily:
         family = CounterMetricFamily(name, documentation)

@@ -22,6 +22,7 @@ from typing import Protocol
 
 import anyio
 
+from app.admission import Admission, out_of_resources
 from app.budget import InboundBudget
 from app.cgi import cgi_environment
 from app.channel import Channel
@@ -35,7 +36,7 @@ from app.translate import Delivery, InputEncoder, OutputDecoder, ProtocolError
 
 log = logging.getLogger("scalesocket.room")
 
-NORMAL, GOING_AWAY, POLICY, INTERNAL_ERROR = 1000, 1001, 1008, 1011
+NORMAL, GOING_AWAY, POLICY, INTERNAL_ERROR, TRY_AGAIN_LATER = 1000, 1001, 1008, 1011, 1013
 
 
 class RoomLease(Protocol):
@@ -81,6 +82,7 @@ class Host(Protocol):
     spawner: Spawner
     slow_clients: int  # clients closed with 1008, server-wide
     inbound: InboundBudget | None  # children's unread input counts in it
+    admission: Admission  # counts the rooms that could not start for lack of descriptors or processes
 
     def forget(self, room: Room) -> None:
         """The room is dying: the next joiner of its name gets a fresh one."""
@@ -329,10 +331,10 @@ class Room:
         self.leave(conn)
         conn.close(POLICY, "client too slow", drain=False)
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, code: int = INTERNAL_ERROR, close_reason: str | None = None) -> None:
         log.error(reason, extra={"room": self.name})
         for conn in list(self.clients.values()):
-            conn.close(INTERNAL_ERROR, reason[:123], drain=True)
+            conn.close(code, (close_reason or reason)[:123], drain=True)
         self.request_stop()
 
     # --- the child's life -----------------------------------------------------------------------
@@ -372,7 +374,12 @@ class Room:
                     self.child = child = await self._spawn()
                 except OSError as error:
                     task_status.started()
-                    self._fail(f"cannot start {self.settings.cmd}: {error.strerror}")
+                    why = f"cannot start {self.settings.cmd}: {error.strerror}"
+                    if (kind := out_of_resources(error)) is not None:  # no descriptor or process left: 1013
+                        self._rooms.admission.refused[kind] += 1
+                        self._fail(why, TRY_AGAIN_LATER, f"server out of {kind}, try again later")
+                    else:
+                        self._fail(why)
                     return
                 child.on_exit = self._notify  # not `self._changed.set`: _until replaces the event
                 log.info("child started", extra={"room": self.name, "pid": child.pid})

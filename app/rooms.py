@@ -17,6 +17,7 @@ import anyio
 import anyio.abc
 from starlette.status import WS_1013_TRY_AGAIN_LATER
 
+from app.admission import Admission, Refused
 from app.budget import InboundBudget
 from app.child import shell_status
 from app.connection.base import Connection
@@ -26,23 +27,19 @@ from app.settings import Settings
 from app.tcp import PortPool, PortsExhausted
 from app.templates import ClientInfo
 
+__all__ = ["Refused", "Rooms"]  # Refused lives in app.admission; older imports find it here too
+
 log = logging.getLogger("scalesocket.rooms")
 
 MAX_ID = 2**32 - 1  # connection ids are u32, never 0 (0 means "everyone" under binary framing)
 
 
-class Refused(Exception):
-    """A websocket that may not join: HTTP status for the denial response, and why."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
 class Rooms:
-    def __init__(self, tg: anyio.abc.TaskGroup, settings: Settings, spawner: Spawner) -> None:
+    def __init__(
+        self, tg: anyio.abc.TaskGroup, settings: Settings, spawner: Spawner, admission: Admission | None = None
+    ) -> None:
         self.settings = settings
+        self.admission = admission if admission is not None else Admission(settings)  # limits, refusal counts
         self.spawner = spawner  # every room's child is started (and reaped) through it
         self.live: dict[str, Room] = {}  # rooms a new client may join
         self.running: set[Room] = set()  # every room whose run() has not returned, dying ones too
@@ -83,11 +80,21 @@ class Rooms:
         so no one else can join it (or see it in stats), and it stops when that client leaves.
         """
         if self._shutting_down:
-            raise Refused(503, "server shutting down")
+            raise Refused(503, "server shutting down", kind="shutdown")
         room = self.live.get(name) if name else None
+        # Checked and inserted below with no await in between: racing joins never overshoot a limit.
+        refusal = self.admission.limits.refusal(
+            name,
+            new_room=room is None,
+            connections=len(self._ids_in_use),
+            rooms=len(self.running),
+            clients=len(room.clients) if room is not None else 0,
+        )
+        if refusal is not None:
+            raise refusal
         if room is None:
             if self.settings.oneshot and self._sessions:
-                raise Refused(503, "--oneshot: this server has served its one session")
+                raise self.admission.limits.busy("--oneshot: this server has served its one session", "oneshot")
             conn.info = info = make_info(self.next_id())
             port = None
             if self.settings.tcp:
@@ -102,7 +109,7 @@ class Rooms:
             self._sessions += 1
             self._tg.start_soon(room.run)
         elif self.settings.oneshot:
-            raise Refused(503, "--oneshot: this server serves a single client")
+            raise self.admission.limits.busy("--oneshot: this server serves a single client", "oneshot")
         else:
             conn.info = make_info(self.next_id())
         if self._no_connections.is_set():

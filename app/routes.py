@@ -9,34 +9,28 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 from typing import TypedDict
 from urllib.parse import quote
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app import forward
+from app.admission import Refused
 from app.cluster import Cluster, Forward
 from app.connection import open_connection
-from app.rooms import Refused, Rooms
+from app.names import name_problem
+from app.rooms import Rooms
 from app.templates import ClientInfo
 
 log = logging.getLogger("scalesocket.routes")
-
-ROOM_NAME = re.compile(r"[A-Za-z0-9._~-]{1,128}")
-RESERVED = frozenset({"health", "metrics", "api", "static", "stats"})
 
 
 class State(TypedDict):
     rooms: Rooms
     cluster: Cluster
-
-
-def valid_room(name: str) -> bool:
-    return ROOM_NAME.fullmatch(name) is not None and name not in RESERVED
 
 
 def remote_addr(websocket: WebSocket) -> str:
@@ -63,11 +57,11 @@ async def ready(request: Request) -> Response:
 async def room_socket(websocket: WebSocket) -> None:
     """ws /{room}: join the room (starting its child if first), then relay both ways."""
     name = websocket.path_params.get("room", "")  # "" on `/`: a room of its own (Rooms.join)
-    if name and not valid_room(name):
-        await websocket.send_denial_response(PlainTextResponse(f"invalid room name: {name!r}\n", 400))
+    rooms: Rooms = websocket.state.rooms
+    if name and (problem := name_problem(name)) is not None:
+        await rooms.admission.deny(websocket, Refused(400, f"invalid room name: {problem}", kind="name"), room=name)
         return
     # Admission checks that refuse before the upgrade go here, before the room is joined.
-    rooms: Rooms = websocket.state.rooms
     cluster: Cluster = websocket.state.cluster
     query = websocket.scope.get("query_string", b"").decode("utf-8", "surrogateescape")
     try:
@@ -88,9 +82,7 @@ async def room_socket(websocket: WebSocket) -> None:
             if placed is not None:
                 placed.unhold()
     except Refused as refusal:
-        log.debug("websocket refused", extra={"room": name, "status": refusal.status, "reason": refusal.reason})
-        headers = {"Retry-After": "1"} if refusal.status == 503 else None
-        await websocket.send_denial_response(PlainTextResponse(refusal.reason + "\n", refusal.status, headers=headers))
+        await rooms.admission.deny(websocket, refusal, room=name, remote=addr)
         return
     extra = {"room": name, "id": conn.id, "remote": addr}
     try:
@@ -108,8 +100,9 @@ async def room_socket(websocket: WebSocket) -> None:
 
 
 async def bad_path(websocket: WebSocket) -> None:
-    """Any other websocket path (several segments, reserved names): refused before the upgrade."""
-    await websocket.send_denial_response(PlainTextResponse("websocket path must be /<room>\n", 400))
+    """Any other websocket path (several segments): refused before the upgrade."""
+    refusal = Refused(400, "invalid path: a websocket path is /<room>, one segment", kind="path")
+    await websocket.state.rooms.admission.deny(websocket, refusal, path=websocket.url.path)
 
 
 class RoomShortcut:

@@ -16,10 +16,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app import command
+from app.names import name_problem
+from app.origin import parse_allowed
 
 MiB = 1024 * 1024
 INSTANCE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -86,6 +88,20 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(0.0, ge=0, description="On SIGTERM, keep serving live rooms up to this long")
     lease_ttl: float = Field(15.0, gt=0, description="How long a room stays owned by an instance that stopped renewing")
     cluster_secret: str | None = Field(None, min_length=1, description="Authenticates instances to each other")
+    # Admission (SPEC §13, app.admission): who may connect, and how much of the server they may take.
+    origin: Annotated[list[str] | None, NoDecode] = Field(
+        None, description="Origins whose pages may connect: scheme://host[:port] or host[:port]; * for any"
+    )
+    sameorigin: bool = Field(False, description="Only pages of the server's own origin may connect (the default)")
+    rooms: Annotated[list[str] | None, NoDecode] = Field(None, description="Only these rooms can be joined")
+    maxrooms: int | None = Field(
+        None,
+        ge=1,
+        validation_alias=AliasChoices("maxrooms", "scalesocket_maxrooms", "scalesocket_maxforks"),
+        description="At most this many rooms (children) at once",
+    )
+    maxclients: int | None = Field(None, ge=1, description="At most this many clients in one room")
+    maxconnections: int | None = Field(None, ge=1, description="At most this many websocket connections in all")
 
     # Tunables without a flag of their own (settable through SCALESOCKET_<NAME>).
     max_message_size: int = Field(16 * MiB, ge=1024, description="Largest message in either direction, bytes")
@@ -120,6 +136,33 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [name for name in (part.strip() for part in value.split(",")) if name]
         return value
+
+    @field_validator("origin", "rooms", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",")]
+        return value
+
+    @field_validator("origin")
+    @classmethod
+    def _check_origin(cls, origin: list[str] | None) -> list[str] | None:
+        if origin is not None:
+            parse_allowed(origin)  # ValueError naming the entry that does not parse
+        return origin
+
+    @field_validator("rooms")
+    @classmethod
+    def _check_rooms(cls, rooms: list[str] | None) -> list[str] | None:
+        if rooms is None:
+            return None
+        rooms = [room for room in rooms if room]
+        if not rooms:
+            raise ValueError("expected a comma-separated list of room names")
+        for room in rooms:
+            if (problem := name_problem(room)) is not None:
+                raise ValueError(f"{room!r} is not a valid room name ({problem})")
+        return rooms
 
     @field_validator("tcpports", mode="before")
     @classmethod
@@ -185,6 +228,8 @@ class Settings(BaseSettings):
             raise ValueError("--frame cannot be combined with --client-frame or --server-frame")
         if (self.delimiters is not None or self.null) and (self.binary or self.server_framing is FrameMode.binary):
             raise ValueError("--delimiters and --null cannot be used with -b or binary server framing")
+        if self.origin is not None and self.sameorigin:
+            raise ValueError("--origin cannot be combined with --sameorigin (same origin is the default)")
         return self
 
     @model_validator(mode="after")

@@ -295,7 +295,7 @@ class Helper:
     def request(self) -> bool:
         """Handle one request; False at end of file."""
         try:
-            data, fds, _, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 3)
+            data, fds, flags, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 3)
         except ConnectionError:
             return False
         if not data:
@@ -303,7 +303,7 @@ class Helper:
         try:
             message = decode(data)
             if message["op"] == "spawn":
-                self.spawn(message, fds)
+                self.spawn(message, fds, truncated=bool(flags & socket.MSG_CTRUNC))
             elif message["op"] == "signal":
                 self.signal(message["pid"], message["sig"], message["group"])
             elif message["op"] == "deadline":
@@ -315,8 +315,10 @@ class Helper:
                 os.close(fd)
         return True
 
-    def spawn(self, message: dict[str, Any], fds: list[int]) -> None:
+    def spawn(self, message: dict[str, Any], fds: list[int], truncated: bool = False) -> None:
         try:
+            if truncated:  # the kernel had no descriptor of ours left to put them in
+                raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
             if len(fds) != 3:
                 raise OSError(errno.EINVAL, f"expected 3 descriptors, got {len(fds)}")
             pid = spawn(message["path"], message["args"], message["env"], fds)
@@ -326,7 +328,14 @@ class Helper:
         except (KeyError, TypeError, ValueError) as error:  # a malformed request (a NUL in a variable)
             self.send({"op": "failed", "errno": errno.EINVAL, "error": f"bad spawn request: {error}"})
             return
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as error:
+            # Out of descriptors: a child we cannot watch cannot be served. It has only just started.
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            self.send({"op": "failed", "errno": error.errno or 0, "error": error.strerror or str(error)})
+            return
         self.pidfds[pid] = pidfd
         self.started[pid] = start_time(pid) or 0
         if isinstance(message["env"].get("ROOM"), str):

@@ -14,9 +14,9 @@ from starlette.responses import JSONResponse, Response
 
 from app import forward
 from app.cluster import Cluster
+from app.names import valid_room
 from app.registry import Unreachable
 from app.rooms import Rooms
-from app.routes import valid_room
 
 _COUNTS = ("messages_in", "messages_out", "bytes_in", "bytes_out")  # plain integers on `Room`
 

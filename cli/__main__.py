@@ -212,6 +212,36 @@ def parser() -> Parser:
         type=float,
         help="On SIGTERM, keep serving live rooms up to this long [default: 0]",
     )
+    access = root.add_argument_group("ACCESS AND LIMITS")
+    access.add_argument(
+        "--origin",
+        metavar="<LIST>",
+        help="Browser pages allowed to connect: comma-separated scheme://host[:port] or host[:port] "
+        "(without a port: any port), null, or * for every origin\n\n"
+        "Other pages get 403. Clients that send no Origin (not browsers) are always allowed. "
+        "[default: same origin only, see --sameorigin]",
+    )
+    access.add_argument(
+        "--sameorigin",
+        action="store_true",
+        default=None,
+        help="Only pages of the server's own origin (its Host header) may connect: the default",
+    )
+    access.add_argument(
+        "--rooms", metavar="<LIST>", help="Only these rooms (comma-separated) can be joined; others get 403"
+    )
+    access.add_argument(
+        "--maxrooms",
+        "--maxforks",
+        metavar="<NUM>",
+        help="At most NUM rooms (children) at once; a new room beyond gets 503 [default: what RLIMIT_NOFILE allows]",
+    )
+    access.add_argument("--maxclients", metavar="<NUM>", help="At most NUM clients in one room; more get 503")
+    access.add_argument(
+        "--maxconnections",
+        metavar="<NUM>",
+        help="At most NUM websocket connections in all; more get 503 [default: what RLIMIT_NOFILE allows]",
+    )
     root.epilog = (
         "ENVIRONMENT:\n    Every option is also a variable SCALESOCKET_<OPTION>; flags win over variables.\n"
         '    SCALESOCKET_CMD=cat SCALESOCKET_FRAME=json SCALESOCKET_ARGS=\'["-n", "1"]\' scalesocket'

@@ -7,19 +7,20 @@ import pytest
 from starlette.websockets import WebSocket
 from websockets.exceptions import InvalidStatus
 
-from app.routes import remote_addr, valid_room
+from app.names import valid_room
+from app.routes import remote_addr
 from tests.conftest import Serve, child_settings, recv
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.mark.parametrize("name", ["a", "Lobby-1", "x.y_z~w", "A" * 128, "..", "0"])
+@pytest.mark.parametrize("name", ["a", "Lobby-1", "x.y_z~w", "A" * 128, "...", ".a", "0"])
 def test_valid_room_names(name: str) -> None:
     assert valid_room(name)
 
 
 @pytest.mark.parametrize(
-    "name", ["", "A" * 129, "a b", "caf\u00e9", "a/b", "x%41", "health", "metrics", "api", "stats"]
+    "name", ["", "A" * 129, "a b", "caf\u00e9", "a/b", "x%41", "health", "metrics", "api", "stats", ".", ".."]
 )
 def test_invalid_room_names(name: str) -> None:
     assert not valid_room(name)
