@@ -82,7 +82,7 @@ async def room_socket(websocket: WebSocket) -> None:
             if placed is not None:
                 placed.unhold()
     except Refused as refusal:
-        await rooms.admission.deny(websocket, refusal, room=name, remote=addr)
+        await rooms.admission.deny(websocket, refusal, room=name, remote=remote_addr(websocket))
         return
     extra = {"room": name, "id": conn.id, "remote": addr}
     try:
