@@ -39,6 +39,7 @@ SECRET_HEADER = "x-scalesocket-forward"  # the cluster secret: this connection c
 CLIENT_HEADER = "x-scalesocket-client"  # the client's address as the entry instance saw it
 VIA_HEADER = "x-scalesocket-via"  # the entry instance's name, for the owner's logs
 OWNER_LOST = 1012  # the owner went away without a close frame: the client should reconnect
+CLOSE_TIMEOUT = 10.0  # for the owner to answer our close frame
 OPEN_TIMEOUT = 2.0  # to a healthy owner this takes milliseconds; a paused one must not hold the client long
 # The handshake's own headers: the hop to the owner has its own (and its own framing).
 HOP_HEADERS = frozenset(
@@ -58,6 +59,7 @@ HOP_HEADERS = frozenset(
     }
 )
 FETCH_LIMIT = 64 * 1024  # a peer's stats answer is a few hundred bytes
+DROPPING = frozenset({1001, 1008, 1012})  # closes that drop what is queued (see app.room, app.cluster)
 UNSENDABLE = frozenset({1005, 1006, 1015})  # codes that never appear in a close frame
 
 
@@ -152,13 +154,20 @@ class Upstream(asyncio.Protocol):
         if not self.handshake.done():
             self.handshake.set_exception(ConnectionError("the owner closed the connection"))
         self.closed.set()
+        self.close_client()
+
+    def close_client(self) -> None:
+        """The owner closed (or is gone): the client sees its code and reason, as it would there."""
         conn = self.conn
-        if conn is not None:
-            rcvd = self.ws.close_rcvd
-            if rcvd is not None and rcvd.code not in UNSENDABLE:
-                conn.close(rcvd.code, rcvd.reason)  # behind what the owner sent before it
-            else:
-                conn.close(OWNER_LOST, "room owner lost")
+        if conn is None:
+            return
+        rcvd = self.ws.close_rcvd
+        if rcvd is not None and rcvd.code not in UNSENDABLE:
+            # As the owner did: a child's exit is delivered behind its output; a kick, a shutdown or
+            # a fence drops what is queued.
+            conn.close(rcvd.code, rcvd.reason, drain=rcvd.code not in DROPPING)
+        else:
+            conn.close(OWNER_LOST, "room owner lost", drain=False)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -192,6 +201,8 @@ class Upstream(asyncio.Protocol):
                         self.handshake.set_result(event)
             elif isinstance(event, Frame):
                 self._frame(event)
+        if self.ws.close_rcvd is not None:
+            self.close_client()  # at the close frame, not when the owner's socket is finally gone
         self._flush()  # pongs, and our half of a closing handshake
         if self.ws.state is State.CLOSED and self.transport is not None:
             self.transport.close()
@@ -227,11 +238,18 @@ class Upstream(asyncio.Protocol):
             self.transport.resume_reading()
 
     def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake with the owner; the transport goes when it answers, or after
+        CLOSE_TIMEOUT whatever happens."""
+        transport = self.transport
         if self.ws.state is State.OPEN:
             self.ws.send_close(code, reason)
             self._flush()
-        if self.transport is not None and self.ws.state is not State.CLOSING:
-            self.transport.close()
+        if transport is None:
+            return
+        if self.ws.state is not State.CLOSING:
+            transport.close()
+        elif not transport.is_closing():
+            asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
 
 
 def passed_headers(websocket: WebSocket) -> list[tuple[str, str]]:

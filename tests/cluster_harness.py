@@ -67,6 +67,13 @@ class Redis:
                     if (await stream.receive()).startswith(b"+PONG"):
                         return
 
+    async def command(self, *args: str) -> bytes:
+        """One command in Redis' protocol; the raw reply."""
+        request = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a.encode()) for a in args)
+        async with await anyio.connect_tcp("127.0.0.1", self.port) as stream:
+            await stream.send(request)
+            return await stream.receive()
+
     async def stop(self) -> None:
         """Gone at once, as a crash would be (no persistence: it comes back empty)."""
         if self.process is not None:

@@ -4,7 +4,10 @@ the registry's scripts against a real redis-server, and an instance started whil
 from __future__ import annotations
 
 import signal
+import socket
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -15,12 +18,15 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from app import create_app
 from app.cluster import Lease
 from app.registry import Owner
-from app.settings import parse_registry_url
+from app.server import Server, uvicorn_config
+from app.settings import Settings, parse_registry_url
 from cli.__main__ import to_settings
 from tests.cluster_harness import REDIS, Instance, Redis, open_client
-from tests.conftest import TIMEOUT, Serve, alive, child_settings, recv_text, wait_gone
+from tests.conftest import TIMEOUT, Running, Serve, alive, child_settings, recv_text, wait_gone
+from tests.test_backpressure import connect_stalling, eventually, read_all, seq_settings
 
 pytestmark = pytest.mark.anyio
 needs_redis = pytest.mark.skipif(REDIS is None, reason="needs redis-server (see .ci/run)")
@@ -180,4 +186,48 @@ async def test_redis_unreachable_at_start_up_then_answering(tmp_path: Path) -> N
         instance.signal(signal.SIGTERM)
         await instance.wait_exit()
         await instance.close()
+        await redis.stop()
+
+
+@asynccontextmanager
+async def clustered(redis: Redis, name: str, settings: Settings) -> AsyncIterator[Running]:
+    """An in-process instance of a cluster: its own listening socket, advertised to the others."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    extra = {"registry": redis.url, "instance": name, "advertise": f"127.0.0.1:{port}", "lease_ttl": 2.0}
+    settings = settings.model_copy(update=extra)
+    app = create_app(settings)
+    server = Server(uvicorn_config(app, settings), app)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        with anyio.fail_after(TIMEOUT):
+            while not server.started or not app.state.cluster.ready:  # noqa: ASYNC110 - no event for these
+                await anyio.sleep(0.02)
+        try:
+            yield Running(server, port)
+        finally:
+            server.should_exit = True
+    sock.close()
+
+
+@needs_redis
+async def test_a_stalled_forwarded_client_neither_holds_the_room_back_nor_grows_the_entry(tmp_path: Path) -> None:
+    """The hop is a client of the owner like any other: when the real client stops reading, the entry
+    stops reading the owner (its outbox is bounded), and the owner's slow-client rule closes the hop
+    with 1008 while the room's other client gets everything, in order."""
+    redis = Redis(tmp_path)
+    await redis.start()
+    await redis.command("SET", "scalesocket:epoch", "1")  # not a new registry: no quiet period
+    try:
+        async with clustered(redis, "a", seq_settings()) as owner, clustered(redis, "b", seq_settings()) as entry:
+            async with owner.connect("/busy") as reader:
+                stalled = await connect_stalling(entry, "/busy")  # forwarded to the owner
+                await eventually(lambda: entry.server.app.state.cluster.forwarded_open == 1)
+                await reader.send("go")
+                await read_all(reader)  # not held back
+                assert owner.rooms.slow_clients == 1  # the hop, kicked
+                (relay,) = entry.server.app.state.cluster.relays  # still there: its client reads nothing
+                assert relay.queued <= entry.server.app.state.settings.outbox_bytes + 256 * 1024, relay.queued
+                stalled.transport.abort()
+    finally:
         await redis.stop()
