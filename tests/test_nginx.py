@@ -21,7 +21,7 @@ import anyio
 import httpx
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import TIMEOUT, recv, recv_text
 from tests.test_process import Proc, free_port, scalesocket
@@ -232,3 +232,25 @@ async def test_shutdown_reaches_clients_through_nginx_and_the_room_moves_on(tmp_
             await ws.send("again")
             pid, _ = (await recv_text(ws)).split()
             assert c.instance_of(int(pid)) is survivor
+
+
+async def test_a_page_of_the_site_passes_the_origin_check_through_nginx_and_another_site_does_not(
+    tmp_path: Path,
+) -> None:
+    """nginx passes the browser's Host with its port, so same origin holds behind it (SPEC §13)."""
+    async with cluster(tmp_path, "echo") as c:
+        own = f"http://127.0.0.1:{c.port}"  # the page the browser loaded through nginx
+        async with c.connect("/lobby", headers={"Origin": own}) as ws:
+            assert (await recv_text(ws)).startswith("ready ")
+        for other in ("http://evil.example", "http://127.0.0.1", "null"):
+            with pytest.raises(InvalidStatus) as refused:
+                async with c.connect("/lobby", headers={"Origin": other}):
+                    pass
+            assert refused.value.response.status_code == 403, other
+
+
+async def test_metrics_are_not_served_through_nginx(tmp_path: Path) -> None:
+    async with cluster(tmp_path, "echo", {"SCALESOCKET_METRICS": "true"}) as c, httpx.AsyncClient() as http:
+        assert (await http.get(f"http://127.0.0.1:{c.port}/metrics", timeout=TIMEOUT)).status_code == 403
+        direct = await http.get(f"http://127.0.0.1:{c.instances[0].port}/metrics", timeout=TIMEOUT)
+        assert direct.status_code == 200 and "scalesocket_websocket_refused" in direct.text
