@@ -66,16 +66,16 @@ async def serve(settings: Settings, *, plain_asgi: bool = False) -> AsyncIterato
     if plain_asgi:
         config.http, config.ws = "httptools", "websockets-sansio"
     server = Server(config, app)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        with anyio.fail_after(TIMEOUT):
-            while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
-                await anyio.sleep(0.01)
-        try:
-            yield Running(server, port)
-        finally:
-            server.should_exit = True
-    sock.close()
+    with sock:  # closed however the test ends: a failing test must not leak it into the next one's warnings
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve, [sock])
+            with anyio.fail_after(TIMEOUT):
+                while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
+                    await anyio.sleep(0.01)
+            try:
+                yield Running(server, port)
+            finally:
+                server.should_exit = True
 
 
 @pytest.fixture
