@@ -132,6 +132,11 @@ def __getattr__(name: str) -> Starlette:
     # PEP 562: `import app` stays free of environment; `app.asgi` builds the app on first access.
     if name != "asgi":
         raise AttributeError(name)
-    asgi = create_app(settings_from_env())
+    settings = settings_from_env()
+    # Under `uvicorn app:asgi` nobody else gives our loggers a handler (uvicorn configures only its own).
+    from app import logs
+
+    logs.configure_library(settings.verbosity, settings.json_logs)
+    asgi = create_app(settings)
     globals()["asgi"] = asgi
     return asgi

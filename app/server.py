@@ -63,6 +63,14 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
     )
 
 
+def listening_fields(host: str, port: int, tls: bool = False) -> dict[str, str]:
+    """The `listening` line's fields: the address as bound (IPv6 in brackets) and a URL to open."""
+    bracketed = f"[{host}]" if ":" in host else host
+    # A wildcard address is not one a browser can open; this machine's name for itself is.
+    shown = "localhost" if host in ("0.0.0.0", "::", "") else bracketed
+    return {"addr": f"{bracketed}:{port}", "url": f"{'https' if tls else 'http'}://{shown}:{port}/"}
+
+
 class Server(uvicorn.Server):
     """uvicorn's Server, closing clients with 1001 and stopping children first, and exiting 0 on a signal."""
 
@@ -100,7 +108,12 @@ class Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
-            extra = {"addr": self.config.host + ":" + str(self.config.port)}
+            port = self.config.port
+            for server in self.servers:  # the port really bound (0 asks for any)
+                for sock in server.sockets:
+                    port = sock.getsockname()[1]
+            tls = bool(getattr(self.app.state.settings, "sslcert", None))
+            extra = listening_fields(self.config.host, port, tls)
             settings: Settings = self.app.state.settings
             if settings.registry is not None:  # which instance of the cluster this is (SPEC §16)
                 extra.update(instance=settings.instance, advertise=settings.advertised)

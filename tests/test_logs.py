@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect
 
 from app import logs
 from app.child import LogLines
+from app.server import listening_fields
 from tests.conftest import TIMEOUT, UNIT, recv_text
 from tests.test_process import free_port, run, scalesocket
 
@@ -177,3 +178,51 @@ def test_exit_does_not_hang_on_a_stderr_nobody_reads() -> None:
     finally:
         process.kill()
         os.close(read_end)
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "tls", "addr", "url"),
+    [
+        ("0.0.0.0", 9000, False, "0.0.0.0:9000", "http://localhost:9000/"),
+        ("::", 9000, False, "[::]:9000", "http://localhost:9000/"),
+        ("::1", 9700, False, "[::1]:9700", "http://[::1]:9700/"),
+        ("127.0.0.1", 80, True, "127.0.0.1:80", "https://127.0.0.1:80/"),
+        ("example.com", 9000, False, "example.com:9000", "http://example.com:9000/"),
+    ],
+)
+def test_listening_line_keeps_brackets_and_says_the_url(host: str, port: int, tls: bool, addr: str, url: str) -> None:
+    assert listening_fields(host, port, tls) == {"addr": addr, "url": url}
+
+
+@pytest.mark.anyio
+async def test_listening_line_of_a_wildcard_address_gives_a_url_to_open() -> None:
+    async with run(scalesocket("--addr", "0.0.0.0:{port}")) as proc:
+        await proc.wait_stderr(f"listening addr=0.0.0.0:{proc.port} url=http://localhost:{proc.port}/".encode())
+
+
+@pytest.mark.anyio
+async def test_uvicorn_app_asgi_logs_our_events_and_keeps_uvicorns_own_lines() -> None:
+    env = dict(os.environ, SCALESOCKET_CMD="cat")
+    argv = [sys.executable, "-m", "uvicorn", "app:asgi", "--host", "127.0.0.1", "--port", "{port}"]
+    async with run(argv, env=env) as proc:
+        async with connect(proc.url + "/r") as ws:
+            await ws.send("hi")
+            assert await recv_text(ws) == "hi"
+            await proc.wait_stderr(b"child started")
+        await proc.wait_stderr(b"child exited")
+        assert b"client connected" in proc.stderr
+        assert b"INFO:     Application startup complete." in proc.stderr  # uvicorn's config, untouched
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("flag", "detail"), [("-v", False), ("-vv", True)])
+async def test_v_is_debug_and_vv_adds_every_frame_and_header(flag: str, detail: bool) -> None:
+    async with run(scalesocket(flag, "--frame=json")) as proc, connect(proc.url + "/r") as ws:
+        await recv_text(ws)
+        await ws.send("not json")
+        await proc.wait_stderr(b"not a JSON object")  # debug: both
+        await ws.send('{"a": 1}')
+        assert await recv_text(ws) == '{"a":1,"id":1}'
+    lines = proc.stderr.decode(errors="replace").splitlines()
+    traced = [line for line in lines if " TRACE " in line or "sec-websocket" in line.lower()]
+    assert bool(traced) == detail, "\n".join(traced[:5]) or "\n".join(lines[-20:])
