@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from app.admission import Admission, OriginGuard
 from app.budget import InboundBudget
+from app.api import api_routes
 from app.cluster import Cluster
 from app.cluster_metrics import ClusterCollector
 from app.metrics import HttpMetrics, Metrics
@@ -85,6 +86,8 @@ def create_app(settings: Settings) -> Starlette:
     ]
     if metrics is not None:
         routes.append(Route("/metrics", metrics.endpoint, methods=["GET"]))  # GET brings HEAD
+    if settings.api:
+        routes += api_routes()  # before the stats routes: /api/<room> is never room "api"'s stats
     if settings.stats:
         routes.append(Route("/{room}/stats", stats, methods=["GET"]))
         routes.append(Route("/{room}/stats/{statistic}", stats, methods=["GET"]))

@@ -24,10 +24,12 @@ import anyio
 
 from app.admission import Admission, out_of_resources
 from app.budget import InboundBudget
+from app.cache import Caches
 from app.cgi import cgi_environment
 from app.channel import Channel
 from app.child import describe_exit, start_child
 from app.connection.base import Connection
+from app.memory import Memory, new_cache
 from app.process import Process, Spawner
 from app.settings import Settings
 from app.tcp import connect_channel
@@ -83,6 +85,7 @@ class Host(Protocol):
     slow_clients: int  # clients closed with 1008, server-wide
     inbound: InboundBudget | None  # children's unread input counts in it
     admission: Admission  # counts the rooms that could not start for lack of descriptors or processes
+    caches: Caches | None  # --cachepersist: closed rooms' caches, for their next child
 
     def forget(self, room: Room) -> None:
         """The room is dying: the next joiner of its name gets a fresh one."""
@@ -129,6 +132,11 @@ class Room:
         self._early: list[bytes] = []  # input that came before the child was attached, in order
         self._tg: anyio.abc.TaskGroup | None = None  # the room's own: the slow-client watcher runs in it
         self._watching = False
+        # --api metadata and --cache (app/memory.py): None, and no cost, without those options.
+        self.memory: Memory | None = None
+        if Memory.wanted(settings):
+            kept = rooms.caches.take(name) if rooms.caches is not None and name else None
+            self.memory = Memory(settings, kept if kept is not None else new_cache(settings))
 
     # --- clients --------------------------------------------------------------------------------
 
@@ -136,6 +144,10 @@ class Room:
         self.clients[conn.id] = conn
         conn.on_unblocked = functools.partial(self._on_unblocked, conn)
         self.joins += 1
+        if self.memory is not None and (replay := self.memory.replay()):
+            # In the same step as joining: every broadcast before this is in the cache, every later
+            # one reaches the client live, so it sees each message once, in order.
+            self._deliver([(conn.id, batch) for batch in replay])
 
     def leave(self, conn: Connection) -> None:
         """The client is gone: tell the child, and stop it after the last one."""
@@ -255,10 +267,13 @@ class Room:
         try:
             deliveries = self._decoder.feed(data)
         except ProtocolError as error:
-            self._deliver(error.deliveries)
+            self._deliver(self._remember(error.deliveries))
             self._fail(f"child broke gwsocket framing: {error}")
             return
-        self._deliver(deliveries)
+        self._deliver(self._remember(deliveries))
+
+    def _remember(self, deliveries: list[Delivery]) -> list[Delivery]:
+        return deliveries if self.memory is None else self.memory.filter(deliveries)
 
     def _deliver(self, deliveries: list[Delivery]) -> None:
         clients = self.clients
@@ -460,7 +475,7 @@ class Room:
         assert child.returncode is not None
         self.exit_code = child.returncode
         await self._until(lambda: self._output_done.is_set() or self._stop.is_set())
-        self._deliver(self._decoder.close())
+        self._deliver(self._remember(self._decoder.close()))
         if self._decoder.truncated:
             self._fail(f"child output ended inside a gwsocket frame ({self._decoder.truncated} bytes)")
             return

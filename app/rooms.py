@@ -19,6 +19,7 @@ from starlette.status import WS_1013_TRY_AGAIN_LATER
 
 from app.admission import Admission, Refused
 from app.budget import InboundBudget
+from app.cache import Caches
 from app.child import shell_status
 from app.connection.base import Connection
 from app.process import Spawner
@@ -50,6 +51,7 @@ class Rooms:
         self.on_room_open: Callable[[Room], None] = lambda room: None
         self.on_room_closed: Callable[[Room], None] = lambda room: None
         self.ports = PortPool(*settings.tcpports)
+        self.caches = Caches(settings.cache_ttl, settings.cache_rooms) if settings.cachepersist else None
         self._tg = tg
         self._ids_in_use: set[int] = set()
         self._last_id = 0
@@ -134,6 +136,10 @@ class Rooms:
     def forget(self, room: Room) -> None:
         if self.live.get(room.name) is room:
             del self.live[room.name]
+            if self.caches is not None and room.memory is not None and room.memory.cache is not None:
+                # Kept from the moment the room stops taking joiners, so its next child finds it
+                # even while this one is still dying (whose last lines still land in it).
+                self.caches.put(room.name, room.memory.cache)
 
     def child_started(self, room: Room) -> None:
         self.on_room_open(room)

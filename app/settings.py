@@ -77,6 +77,9 @@ class Settings(BaseSettings):
         "127.0.0.1,::1", description="Proxies trusted for X-Forwarded-For (comma-separated IPs or networks, or *)"
     )
     # SPEC §15, for scalesocket 0.2 users.
+    api: bool = Field(False, description="Expose room list and room metadata at /api/rooms and /api/<ROOM>")
+    cache: str | None = Field(None, description="Replay the last SIZE broadcast messages to joiners: [all|tagged:]SIZE")
+    cachepersist: bool = Field(False, description="Keep a room's cache after its child ends, for its next child")
     delimiters: str | None = Field(None, description="Output items end at any of these characters instead of \\n")
     null: bool = Field(False, description="Output items end at NUL")
     # A cluster of instances sharing rooms through a registry (SPEC §16; docs/cluster.md).
@@ -110,6 +113,9 @@ class Settings(BaseSettings):
     stop_grace: float = Field(5.0, ge=0, description="Seconds between SIGTERM and SIGKILL when stopping a child")
     tcp_connect_timeout: float = Field(10.0, gt=0, description="How long to retry connecting to a --tcp child")
     ping_interval: float = Field(20.0, ge=0, description="Seconds between keepalive pings to each client (0: none)")
+    cache_ttl: float = Field(3600.0, gt=0, description="--cachepersist: seconds a closed room's cache is kept")
+    cache_rooms: int = Field(1000, ge=1, description="--cachepersist: closed rooms' caches kept at most")
+    cache_bytes: int = Field(4 * MiB, ge=1, description="--cache: bytes one room's cache holds at most")
     ping_timeout: float = Field(20.0, ge=0, description="Seconds a client has to answer a ping (0: no limit)")
     cgi: bool = Field(False, description="Give the child websocketd's CGI environment, from the room's first request")
     pty: bool = Field(False, description="The child's stdout is a pseudo-terminal, so it writes each line at once")
@@ -187,6 +193,14 @@ class Settings(BaseSettings):
     def _gwsocket_is_binary(cls, value: Any) -> Any:
         return "binary" if value == "gwsocket" else value  # scalesocket 0.2's name for the same framing
 
+    @field_validator("cache")
+    @classmethod
+    def _check_cache(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        kind, size = parse_cache(value)
+        return f"{kind}:{size}"
+
     @field_validator("delimiters")
     @classmethod
     def _check_delimiters(cls, value: str | None) -> str | None:
@@ -230,6 +244,10 @@ class Settings(BaseSettings):
             raise ValueError("--delimiters and --null cannot be used with -b or binary server framing")
         if self.origin is not None and self.sameorigin:
             raise ValueError("--origin cannot be combined with --sameorigin (same origin is the default)")
+        if self.cache_tagged and self.server_framing is not FrameMode.json:
+            raise ValueError('--cache=tagged: needs json server framing (it keeps lines with "_cache": true)')
+        if self.cachepersist and self.cache is None:
+            raise ValueError("--cachepersist needs --cache")
         return self
 
     @model_validator(mode="after")
@@ -271,6 +289,15 @@ class Settings(BaseSettings):
         return self.frame or self.server_frame
 
     @property
+    def cache_size(self) -> int:
+        """--cache: how many broadcast messages a room keeps for joiners (0: no cache)."""
+        return parse_cache(self.cache)[1] if self.cache is not None else 0
+
+    @property
+    def cache_tagged(self) -> bool:
+        return self.cache is not None and parse_cache(self.cache)[0] == "tagged"
+
+    @property
     def item_delimiters(self) -> bytes | None:
         """--delimiters / --null as the bytes that end an output item; None: lines end at \\n."""
         if self.delimiters is None and not self.null:
@@ -309,6 +336,18 @@ def split_addr(addr: str) -> tuple[str, int]:
     if not sep or ip is None or not port.isdigit() or int(port) > 65535 or (ip.version == 6) != bracketed:
         raise ValueError(f"expected IP:PORT such as 0.0.0.0:9000 or [::1]:9000, got {addr!r}")
     return host, int(port)
+
+
+CACHE_MAX = 1024
+
+
+def parse_cache(value: str) -> tuple[str, int]:
+    """`[all|tagged:]SIZE` -> (kind, size); a bare SIZE means `all`. ValueError otherwise."""
+    kind, sep, size = value.strip().rpartition(":")
+    kind = kind if sep else "all"
+    if kind not in ("all", "tagged") or not size.isdigit() or not 1 <= int(size) <= CACHE_MAX:
+        raise ValueError(f"expected [all|tagged:]SIZE with SIZE 1-{CACHE_MAX}, got {value!r}")
+    return kind, int(size)
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\"}

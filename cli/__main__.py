@@ -183,6 +183,22 @@ def parser() -> Parser:
     )
     # SPEC §15: for scalesocket 0.2 users.
     p.add_argument(
+        "--api", action="store_true", default=None, help="Expose room list and metadata at /api/rooms and /api/<ROOM>"
+    )
+    p.add_argument(
+        "--cache",
+        metavar="<[all|tagged:]SIZE>",
+        help="Replay the room's last SIZE (1-1024) broadcast messages to each client that joins; "
+        'tagged: keeps only json lines with "_cache": true',
+    )
+    p.add_argument(
+        "--cachepersist",
+        action="store_true",
+        default=None,
+        help="Keep a room's cache after its child ends, for the room's next child "
+        "[SCALESOCKET_CACHE_TTL seconds, default 3600; SCALESOCKET_CACHE_ROOMS rooms, default 1000]",
+    )
+    p.add_argument(
         "--delimiters",
         metavar="<CHARS>",
         help="Output items end at any of CHARS instead of \\n (escapes \\n \\t \\r \\0 \\\\ understood)",

@@ -151,6 +151,18 @@ def main() -> int:
             message = json.loads(line)
             out(message["say"] if "say" in message else json.dumps(message, separators=(",", ":")))
         return 0
+    if mode == "count":  # print 1, 2, 3, ... without end; ARGS[0] "json": {"n": i}, and a private line for id 1
+        as_json = args[:1] == ["json"]
+        i = 0
+        while True:
+            i += 1
+            if as_json:
+                sys.stdout.write(f'{{"n":{i}}}\n' + (f'{{"id":1,"private":{i}}}\n' if i % 3 == 0 else ""))
+            else:
+                sys.stdout.write(f"{i}\n")
+            if i % 20 == 0:  # about 2000 lines a second, in small bursts
+                sys.stdout.flush()
+                time.sleep(0.01)
     raise SystemExit(f"unknown mode {mode}")
 
 
