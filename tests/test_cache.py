@@ -240,13 +240,14 @@ async def test_persisted_cache_expires(server: Serve) -> None:
 
 # --- joins racing continuous output ------------------------------------------------------------------------
 
-SIZE = 1024  # the largest: at the child's ~2000 lines/s, half a second of output fits in it
+SIZE = 1024  # the largest: after its first burst the child prints 200 lines a second, so 5 s of output fit in it
+BURST = SIZE + 500
 
 
 async def watch(ws: ClientConnection, seen: list[int], private: list[int], warm: anyio.Event) -> None:
     """The first client reads everything, all the time, so the room never waits on it."""
     while True:
-        if len(seen) >= SIZE + 200:
+        if len(seen) >= BURST:
             warm.set()  # the cache is full: joins from now on get SIZE messages
         message = json.loads(await recv(ws))
         if "private" in message:
@@ -260,7 +261,7 @@ async def join_and_check(s: object, seen: list[int], failures: list[str], index:
     # A short close timeout: while the room's output flows, the server's answer to a client's close can
     # take the client's whole default close timeout (10 s) to arrive (seen on main at 18:10, noted for `conn`).
     async with s.connect("/race", close_timeout=0.2 * UNIT) as ws:  # type: ignore[attr-defined]
-        got = [json.loads(await recv(ws)) for _ in range(SIZE + 100)]
+        got = [json.loads(await recv(ws)) for _ in range(SIZE + 20)]  # the replay, then live ones
     numbers = [m.get("n") for m in got]
     if any("private" in m or "id" in m for m in got):
         failures.append(f"joiner {index} got a private message: {got}")
@@ -270,14 +271,14 @@ async def join_and_check(s: object, seen: list[int], failures: list[str], index:
         failures.append(f"joiner {index} started at {numbers[0]} with {latest} out: more than {SIZE} replayed")
     elif numbers[0] > max(latest, 1):
         # The watcher had seen `latest` before this client even connected: unless more than SIZE lines came out
-        # during its handshake (half a second here), those are in its replay.
+        # during its handshake (5 s here), those are in its replay.
         failures.append(f"joiner {index} started at {numbers[0]}, after {latest} were out: no replay")
 
 
 @pytest.mark.anyio
 @pytest.mark.timeout(120)
 async def test_replay_under_concurrent_joins_and_continuous_output(server: Serve) -> None:
-    settings = child_settings("count", "json", frame="json", cache=f"all:{SIZE}")
+    settings = child_settings("count", str(BURST), "200", "json", frame="json", cache=f"all:{SIZE}")
     seen: list[int] = []
     private: list[int] = []
     failures: list[str] = []

@@ -151,8 +151,9 @@ def main() -> int:
             message = json.loads(line)
             out(message["say"] if "say" in message else json.dumps(message, separators=(",", ":")))
         return 0
-    if mode == "count":  # print 1, 2, 3, ... without end; ARGS[0] "json": {"n": i}, and a private line for id 1
-        as_json = args[:1] == ["json"]
+    if mode == "count":  # print 1, 2, 3, ... without end: ARGS[0] lines at once, then ARGS[1] lines a second
+        burst, rate = int(args[0]), float(args[1])
+        as_json = args[2:3] == ["json"]  # {"n": i}, and every third number a private line for client 1
         i = 0
         while True:
             i += 1
@@ -160,9 +161,10 @@ def main() -> int:
                 sys.stdout.write(f'{{"n":{i}}}\n' + (f'{{"id":1,"private":{i}}}\n' if i % 3 == 0 else ""))
             else:
                 sys.stdout.write(f"{i}\n")
-            if i % 20 == 0:  # about 2000 lines a second, in small bursts
+            if i % 10 == 0:
                 sys.stdout.flush()
-                time.sleep(0.01)
+                if i > burst:
+                    time.sleep(10 / rate)
     raise SystemExit(f"unknown mode {mode}")
 
 
