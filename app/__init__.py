@@ -21,8 +21,8 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from app.admission import Admission, OriginGuard
-from app.budget import InboundBudget
 from app.api import api_routes
+from app.budget import InboundBudget
 from app.cluster import Cluster
 from app.cluster_metrics import ClusterCollector
 from app.metrics import HttpMetrics, Metrics

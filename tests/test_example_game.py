@@ -7,7 +7,6 @@ the late joiner. Screenshots go to tests/screenshots/ (kept out of git): look at
 
 from __future__ import annotations
 
-import base64
 import json
 import shlex
 import sys
@@ -36,11 +35,17 @@ def readme_command() -> list[str]:
     raise AssertionError("README.md: no command line for examples/tictactoe")
 
 
-async def screenshot(page: Page, path: Path) -> None:
-    await page.browser.call("Page.bringToFront", {}, page.session)  # a background page may not paint
-    shot = await page.browser.call("Page.captureScreenshot", {"format": "png"}, page.session)
-    await anyio.Path(path.parent).mkdir(exist_ok=True)
-    await anyio.Path(path).write_bytes(base64.b64decode(shot["data"]))
+async def log(page: Page) -> list[str]:
+    """The lines of the game page's #log."""
+    lines = await page.evaluate("[...document.querySelectorAll('#log > div')].map((d) => d.textContent)")
+    assert isinstance(lines, list)
+    return [str(line) for line in lines]
+
+
+async def wait_line(page: Page, line: str) -> None:
+    await page.wait_for(
+        f"[...document.querySelectorAll('#log > div')].some((d) => d.textContent === {json.dumps(line)})"
+    )
 
 
 async def click(page: Page, selector: str) -> None:
@@ -68,22 +73,22 @@ async def test_two_players_a_spectator_and_the_lobby(tmp_path: Path) -> None:
         await lobby.wait_for("document.querySelector('#rooms td.empty')?.textContent.startsWith('no open games')")
 
         x = await browser.open(base + "/game.html?room=duel")
-        await x.wait_line("you play X")
+        await wait_line(x, "you play X")
         o = await browser.open(base + "/game.html?room=duel")
-        await o.wait_line("you play O")
+        await wait_line(o, "you play O")
         await x.wait_for("document.getElementById('status').textContent === 'your move'")
 
         await click(x, cell(4))
-        await o.wait_line("X took cell 4")
+        await wait_line(o, "X took cell 4")
         await o.wait_for(f"document.querySelector({json.dumps(cell(4))}).textContent === 'X'")
         await o.evaluate(f"document.querySelector({json.dumps(cell(0))}).disabled = false")  # a move out of turn
         await x.evaluate(f"document.querySelector({json.dumps(cell(0))}).disabled = false")
         await x.evaluate(f"document.querySelector({json.dumps(cell(0))}).click()")
-        await x.wait_line("not your turn")  # private: to X alone
+        await wait_line(x, "not your turn")  # private: to X alone
         await click(o, cell(0))
-        await x.wait_line("O took cell 0")
+        await wait_line(x, "O took cell 0")
         await say(o, "good luck")
-        await x.wait_line("O (#2): good luck")
+        await wait_line(x, "O (#2): good luck")
 
         # The lobby lists the game with the state its child published in a _meta line.
         row = "document.querySelector('#rooms tr.room[data-name=\"duel\"]')"
@@ -98,28 +103,29 @@ async def test_two_players_a_spectator_and_the_lobby(tmp_path: Path) -> None:
 
         # A late spectator: the moves and the chat so far, from the cache; nothing private of anyone else.
         watcher = await browser.open(base + "/game.html?room=duel")
-        await watcher.wait_line("you are watching")
-        seen = await watcher.log()
+        await wait_line(watcher, "you are watching")
+        seen = await log(watcher)
         assert seen[: seen.index("you are watching")] == ["X took cell 4", "O took cell 0", "O (#2): good luck"]
         assert "not your turn" not in seen and "you play X" not in seen and "you play O" not in seen
         assert await watcher.evaluate("[...document.querySelectorAll('.history')].length") == 3
-        await x.wait_line("#3 joined")
+        await wait_line(x, "#3 joined")
         await lobby.wait_for(f"[...{row}.children][2]?.textContent === '1'")
 
         for move, page in [(1, x), (3, o), (7, x)]:  # X takes the middle column: 1, 4, 7
             await click(page, cell(move))
-            await watcher.wait_line(f"{'X' if page is x else 'O'} took cell {move}")
+            await wait_line(watcher, f"{'X' if page is x else 'O'} took cell {move}")
         await x.wait_for("document.getElementById('status').textContent.startsWith('X wins')")
         await watcher.wait_for("document.getElementById('status').textContent === 'X wins'")
         await lobby.wait_for(f"{row}?.textContent.includes('X wins')")
 
-        await screenshot(x, SCREENSHOTS / "tictactoe-x.png")
-        await screenshot(watcher, SCREENSHOTS / "tictactoe-spectator.png")
-        await screenshot(lobby, SCREENSHOTS / "tictactoe-lobby.png")
+        await anyio.Path(SCREENSHOTS).mkdir(exist_ok=True)
+        await x.screenshot(SCREENSHOTS / "tictactoe-x.png")
+        await watcher.screenshot(SCREENSHOTS / "tictactoe-spectator.png")
+        await lobby.screenshot(SCREENSHOTS / "tictactoe-lobby.png")
 
         # O leaves: the room hears it, and the spectator takes the free seat.
         await o.close()
-        await x.wait_line("O (#2) left")
-        await watcher.wait_line("a seat came free: you play O")
+        await wait_line(x, "O (#2) left")
+        await wait_line(watcher, "a seat came free: you play O")
         await lobby.wait_for(f"[...{row}.children][1]?.textContent === '2 / 2'")
         await lobby.wait_for(f"[...{row}.children][2]?.textContent === '0'")
