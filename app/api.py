@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from app.names import valid_room
 from app.rooms import Rooms
-from app.routes import valid_room
 
 __all__ = ["api_routes", "room_info"]
 
