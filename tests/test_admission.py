@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from app.admission import FDS_PER_CONNECTION, FDS_PER_ROOM, Limits, descriptor_reserve, out_of_resources
 from app.names import MAX_LENGTH, RESERVED, name_problem
+from cli.__main__ import main, to_settings
 from tests.conftest import child_settings
 
 
@@ -153,3 +154,50 @@ def test_the_descriptor_reserve_grows_with_the_limit() -> None:
 )
 def test_out_of_resources(code: int, kind: str | None) -> None:
     assert out_of_resources(OSError(code, "x")) == kind
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["--origin", "https://a.test", "--sameorigin", "cat"], "--origin cannot be combined with --sameorigin"),
+        (["--origin", "https://a.test/path", "cat"], "--origin"),
+        (["--origin=", "cat"], "--origin"),
+        (["--rooms", "a,..", "cat"], "--rooms"),
+        (["--rooms", "health", "cat"], "--rooms"),
+        (["--rooms=", "cat"], "--rooms"),
+        (["--maxrooms", "0", "cat"], "--maxrooms"),
+        (["--maxforks", "x", "cat"], "--maxrooms"),
+        (["--maxclients", "-1", "cat"], "--maxclients"),
+        (["--maxconnections", "1.5", "cat"], "--maxconnections"),
+    ],
+)
+def test_bad_admission_options_exit_2_with_one_line_naming_them(
+    argv: list[str], names: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and names in err, err
+
+
+def test_admission_flags_and_their_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = to_settings(
+        ["--origin", "https://a.test, null", "--rooms", "a,b", "--maxforks", "3", "--maxclients", "2", "cat"]
+    )
+    assert (s.origin, s.rooms, s.maxrooms, s.maxclients, s.maxconnections) == (
+        ["https://a.test", "null"],
+        ["a", "b"],
+        3,
+        2,
+        None,
+    )
+    assert to_settings(["--origin", "*", "--maxconnections", "9", "cat"]).origin == ["*"]
+    assert to_settings(["--sameorigin", "cat"]).sameorigin
+    for name, value in [("ORIGIN", "*"), ("ROOMS", "lobby"), ("MAXFORKS", "4"), ("MAXCLIENTS", "5")]:
+        monkeypatch.setenv(f"SCALESOCKET_{name}", value)
+    s = to_settings(["cat"])
+    assert (s.origin, s.rooms, s.maxrooms, s.maxclients) == (["*"], ["lobby"], 4, 5)
+    monkeypatch.setenv("SCALESOCKET_MAXROOMS", "6")
+    monkeypatch.delenv("SCALESOCKET_MAXFORKS")
+    assert to_settings(["cat"]).maxrooms == 6
