@@ -44,6 +44,7 @@ log = logging.getLogger("scalesocket.cluster")
 MARGIN = 0.2  # of the TTL: how long before the registry's key expires the owner's lease ends
 RENEWALS = 3  # renewals per TTL: one or two may fail and the lease still holds
 FENCED = 1012  # close code for a room whose lease ended (SPEC §16)
+REAP_WAIT = 2.0  # past the stop grace: SIGKILL and the reap
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +58,18 @@ class Forward:
 class Lease:
     """This instance's ownership of one room, shared by the local rooms of that name."""
 
-    __slots__ = ("_cluster", "deadline", "fenced", "holds", "name", "owner", "released", "releasing", "rooms")
+    __slots__ = (
+        "_cluster",
+        "deadline",
+        "fenced",
+        "holds",
+        "name",
+        "owner",
+        "reaped",
+        "released",
+        "releasing",
+        "rooms",
+    )
 
     def __init__(self, cluster: Cluster, name: str, owner: str, deadline: float) -> None:
         self._cluster = cluster
@@ -69,6 +81,11 @@ class Lease:
         self.fenced = False
         self.releasing = False
         self.released = anyio.Event()
+        self.reaped = anyio.Event()  # set (and replaced) each time one of its rooms is done
+
+    def only_dying(self) -> bool:
+        """Its rooms are all stopping: a new child of the name must wait until they are reaped."""
+        return bool(self.rooms) and all(room.dying for room in self.rooms)
 
     def expired(self) -> bool:
         """Whether the deadline has passed; if so, every room of the lease is fenced now."""
@@ -88,6 +105,8 @@ class Lease:
     def room_done(self, room: Room) -> None:
         """The room's run is over and its child reaped."""
         self.rooms.discard(room)
+        self.reaped.set()
+        self.reaped = anyio.Event()
         self._cluster.check_idle(self)
 
 
@@ -165,6 +184,14 @@ class Cluster:
         once joined) or the instance to forward it to. A live local room costs no await."""
         while True:
             lease = self.leases.get(name)
+            if lease is not None and self.clustered and not lease.fenced and lease.only_dying():
+                # One child per room, cluster-wide, at every moment: this instance's own previous
+                # child of the room is still stopping; the new one starts once it is reaped.
+                with anyio.move_on_after(self.settings.stop_grace + REAP_WAIT) as waited:
+                    await lease.reaped.wait()
+                if waited.cancelled_caught:
+                    raise Refused(503, "the room's previous child is still stopping, try again")
+                continue
             if lease is not None and not lease.fenced and not lease.releasing and not lease.expired():
                 lease.holds += 1
                 return lease

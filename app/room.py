@@ -114,6 +114,7 @@ class Room:
         self.exit_code: int | None = None  # set when the child exited by itself
         self.lease: RoomLease = FOREVER  # the cluster's, attached before run() spawns
         self.fenced = False
+        self.dying = False  # no longer live: stopping, or its child exited by itself
         self._rooms = rooms
         self._starter = starter  # its CGI values make the child's environment
         self._channel: Channel | None = None
@@ -188,6 +189,7 @@ class Room:
         self.request_stop()
 
     def request_stop(self) -> None:
+        self.dying = True
         self._rooms.forget(self)  # the next joiner gets a fresh child, never this dying one
         self._stop.set()
         self._notify()
@@ -471,6 +473,7 @@ class Room:
 
     async def _exited_by_itself(self, child: Process) -> None:
         """Deliver everything the child printed, then close its clients with its exit status."""
+        self.dying = True
         self._rooms.forget(self)
         assert child.returncode is not None
         self.exit_code = child.returncode

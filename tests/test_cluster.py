@@ -153,6 +153,23 @@ async def test_forwarded_client_is_seen_by_the_owner_with_its_real_address(tmp_p
         await all_reaped(c)
 
 
+async def test_a_room_reopened_while_its_old_child_stops_waits_for_it(tmp_path: Path) -> None:
+    """The last client leaves and a new one comes at once: the new child starts only after the old
+    one (slow to exit) has been reaped, also on the same instance."""
+    async with cluster(tmp_path, count=2) as c:
+        n1, n2 = c.instances
+        async with connect(n1.url + "/again?linger") as ws:
+            await ws.send("first")
+            first = await recv_text(ws)
+        for entry in (n1, n2):  # at the instance that had it, then at the other one
+            async with connect(entry.url + "/again") as ws:
+                await ws.send("second")
+                assert (await recv_text(ws)).split()[1] != first.split()[1]  # a new child
+        lives = c.children.check()["again"]  # no overlap, however slow the old child was to exit
+        assert len(lives) == 3
+        await all_reaped(c)
+
+
 async def test_forwarded_connection_needs_the_cluster_secret(tmp_path: Path) -> None:
     async with cluster(tmp_path, count=1) as c:
         (n1,) = c.instances

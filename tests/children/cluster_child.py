@@ -17,7 +17,11 @@ def main() -> int:
     def record(what: str, text: str = "") -> None:
         log.write(f"{what} {room} {instance} {pid} {time.monotonic():.6f} {text}\n")
 
+    lingering = False  # ?linger in the room's first request: after EOF, take half a second to exit
+
     def terminated(signum: int, frame: object) -> None:
+        if lingering:
+            return  # a slow child: only SIGKILL or its own time ends it
         record("exit", "SIGTERM")
         os._exit(0)
 
@@ -30,6 +34,9 @@ def main() -> int:
             continue
         sys.stdout.write(f"{instance} {pid} {text}\n")
         sys.stdout.flush()
+    if "linger" in os.environ.get("QUERY_STRING", ""):
+        lingering = True
+        time.sleep(0.5)
     record("exit", "eof")
     return 0
 
