@@ -94,8 +94,10 @@ def parse_origin(value: str) -> Origin | None:
 
 
 def parse_entry(text: str) -> Entry:
-    """One `--origin` entry (not `*` or `null`); ValueError naming it if it is malformed."""
-    match = _ENTRY.fullmatch(text)
+    """One `--origin` entry (not `*` or `null`); ValueError naming it if it is malformed.
+
+    A trailing `/` is forgiven (a URL copied from the address bar); any other path is an error."""
+    match = _ENTRY.fullmatch(text.removesuffix("/") if "://" in text else text)
     if match is None:
         raise ValueError(f"{text!r} is not an origin (scheme://host[:port] or host[:port])")
     try:

@@ -104,7 +104,7 @@ def test_origin_table(origin: str | None, host: str | None, policy: Allowed | No
 
 @pytest.mark.parametrize(
     "entry",
-    ["", "http://", "https://example.com/", "https://example.com/path", "a b", "example.com:x", "*.example.com"],
+    ["", "http://", "https://example.com//", "https://example.com/path", "a b", "example.com:x", "*.example.com"],
 )
 def test_malformed_entries_are_refused(entry: str) -> None:
     with pytest.raises(ValueError):
@@ -114,6 +114,7 @@ def test_malformed_entries_are_refused(entry: str) -> None:
 def test_entries_parse() -> None:
     assert parse_entry("HTTPS://Example.COM:8443") == Entry("https", "example.com", 8443)
     assert parse_entry("example.com") == Entry(None, "example.com", None)
+    assert parse_entry("https://example.com/") == Entry("https", "example.com", None)  # from an address bar
     assert parse_entry("[::1]:9000") == Entry(None, "[::1]", 9000)
     assert parse_allowed(["*"]) == Allowed((), anything=True)
     assert parse_allowed([" null ", ""]) == Allowed((), null=True)
