@@ -60,6 +60,8 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         timeout_graceful_shutdown=1,
         proxy_headers=True,  # REMOTE_ADDR is the real client behind nginx or an ingress
         forwarded_allow_ips=settings.forwarded_allow_ips,
+        ssl_certfile=str(settings.sslcert) if settings.sslcert is not None else None,  # --sslcert/--sslkey
+        ssl_keyfile=str(settings.sslkey) if settings.sslkey is not None else None,
     )
 
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Self
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app import command
+from app import command, tls
 from app.names import name_problem
 from app.origin import parse_allowed
 
@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     inbound_bytes: int = Field(
         64 * MiB, ge=1024, description="Bytes all clients together may have buffered on their way to children"
     )
+    ssl: bool = Field(False, description="Serve https:// and wss:// (needs --sslcert and --sslkey)")
+    sslcert: Path | None = Field(None, description="TLS certificate chain, PEM")
+    sslkey: Path | None = Field(None, description="TLS private key, PEM, matching --sslcert")
     loglevel: LogLevel | None = Field(None, description="websocketd's log level; -v stands for debug, -vv for trace")
 
     @field_validator("cmd")
@@ -255,6 +258,23 @@ class Settings(BaseSettings):
         if self.pty and self.tcp:
             raise ValueError("--pty cannot be combined with --tcp (the socket is the message path)")
         return self
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Self:
+        # Loaded once here, as uvicorn will load them: a bad file is a usage error before binding.
+        if self.sslcert is None and self.sslkey is None:
+            if self.ssl:
+                raise ValueError("--ssl needs --sslcert and --sslkey")
+            return self
+        if self.sslcert is None or self.sslkey is None:
+            given, missing = ("--sslcert", "--sslkey") if self.sslkey is None else ("--sslkey", "--sslcert")
+            raise ValueError(f"{given} needs {missing} too")
+        tls.check_pair(self.sslcert, self.sslkey)
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.sslcert is not None
 
     @model_validator(mode="after")
     def _check_loglevel(self) -> Self:

@@ -156,6 +156,14 @@ def parser() -> Parser:
         help="Make the child's stdout a pseudo-terminal (raw: no \\r, no echo), so a program that buffers "
         "piped output (print() in Python, printf in C) writes each line at once. Not with --tcp",
     )
+    p.add_argument(
+        "--ssl",
+        action="store_true",
+        default=None,
+        help="Serve https:// and wss:// directly (needs --sslcert and --sslkey, which alone turn it on too)",
+    )
+    p.add_argument("--sslcert", metavar="<FILE>", help="TLS certificate chain (PEM) for --ssl")
+    p.add_argument("--sslkey", metavar="<FILE>", help="TLS private key (PEM, no passphrase) for --ssl")
     # websocketd's spellings, so its command lines carry over.
     p.add_argument(
         "--port", metavar="<PORT>", type=int, help="websocketd's spelling: the port of --addr [default: 9000]"
