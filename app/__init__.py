@@ -25,6 +25,7 @@ from app.api import api_routes
 from app.budget import InboundBudget
 from app.cluster import Cluster
 from app.cluster_metrics import ClusterCollector
+from app.devconsole import devconsole
 from app.metrics import HttpMetrics, Metrics
 from app.process import Spawner
 from app.rooms import Rooms
@@ -96,6 +97,8 @@ def create_app(settings: Settings) -> Starlette:
     routes.append(WebSocketRoute("/", room_socket))  # websocketd's: each connection a room of its own
     routes.append(WebSocketRoute("/{room}", room_socket))
     routes.append(WebSocketRoute("/{path:path}", bad_path))
+    if settings.devconsole:
+        routes.append(Route("/", devconsole, methods=["GET"]))  # GET brings HEAD; `ws /` stays a room
     if settings.staticdir is not None:
         # A Route rather than Mount("/"): its template labels the HTTP metrics ("/{path:path}", not "").
         routes.append(Route("/{path:path}", StaticDir(settings.staticdir), name="static"))

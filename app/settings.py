@@ -123,6 +123,7 @@ class Settings(BaseSettings):
     inbound_bytes: int = Field(
         64 * MiB, ge=1024, description="Bytes all clients together may have buffered on their way to children"
     )
+    devconsole: bool = Field(False, description="Serve a developer console page at /")
     ssl: bool = Field(False, description="Serve https:// and wss:// (needs --sslcert and --sslkey)")
     sslcert: Path | None = Field(None, description="TLS certificate chain, PEM")
     sslkey: Path | None = Field(None, description="TLS private key, PEM, matching --sslcert")
@@ -257,6 +258,12 @@ class Settings(BaseSettings):
     def _check_pty(self) -> Self:
         if self.pty and self.tcp:
             raise ValueError("--pty cannot be combined with --tcp (the socket is the message path)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_devconsole(self) -> Self:
+        if self.devconsole and self.staticdir is not None:
+            raise ValueError("--devconsole cannot be combined with --staticdir (both serve /)")
         return self
 
     @model_validator(mode="after")

@@ -157,6 +157,13 @@ def parser() -> Parser:
         "piped output (print() in Python, printf in C) writes each line at once. Not with --tcp",
     )
     p.add_argument(
+        "--devconsole",
+        action="store_true",
+        default=None,
+        help="Serve a developer console at / to connect to a room, send messages and watch every message "
+        "in and out. Not with --staticdir",
+    )
+    p.add_argument(
         "--ssl",
         action="store_true",
         default=None,
