@@ -25,7 +25,7 @@ from starlette.applications import Starlette
 from app import create_app
 from app.cluster import Cluster
 from app.connection import fast_path_problem, protocol_class
-from app.connection.http import http_class
+from app.connection.http import http_class, http_problem
 from app.rooms import Rooms
 from app.settings import Settings
 
@@ -44,12 +44,22 @@ def ws_protocol(app: Starlette) -> type[asyncio.Protocol] | str:
     return protocol_class(getattr(getattr(app, "state", None), "inbound", None))
 
 
+def http_protocol(settings: Settings) -> type[asyncio.Protocol] | str:
+    """httptools with the request's head bounded (431, handshake timeout); uvicorn's own, with a
+    warning, if this uvicorn lacks what that needs."""
+    problem = http_problem()
+    if problem is not None:
+        log.warning("request head limits (431, handshake timeout) are off: %s", problem)
+        return "httptools"
+    return http_class(settings.handshake_timeout)
+
+
 def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        http=http_class(settings.handshake_timeout),  # httptools, with the request's head bounded
+        http=http_protocol(settings),
         ws=ws_protocol(app),
         ws_max_size=settings.max_message_size,
         ws_ping_interval=settings.ping_interval or None,  # 0: no pings

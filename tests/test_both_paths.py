@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import functools
 import gc
+import logging
 
 import pytest
 
-from app.connection import AsgiConnection, FastConnection
+from app import server as server_module
+from app.connection import AsgiConnection, FastConnection, fast_path_problem
+from app.connection.http import http_problem
 from tests import test_backpressure
 from tests.conftest import Serve, child_settings, recv_text, serve
 from tests.test_backpressure import (  # noqa: F401 - collected here again, with this module's `server`
@@ -68,3 +71,19 @@ async def test_each_path_uses_the_connection_it_says(path: str) -> None:
         assert (await recv_text(ws)).startswith("ready")
         (conn,) = s.rooms.live["r"].clients.values()
         assert isinstance(conn, AsgiConnection if path == "plain-asgi" else FastConnection)
+
+
+def test_the_installed_uvicorn_has_what_our_protocols_need() -> None:
+    assert fast_path_problem() is None
+    assert http_problem() is None
+
+
+def test_a_uvicorn_without_it_falls_back_to_plain_asgi_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(server_module, "fast_path_problem", lambda: "uvicorn's Config has no 'ws_max_size'")
+    monkeypatch.setattr(server_module, "http_problem", lambda: "uvicorn's HttpToolsProtocol has no on_url()")
+    with caplog.at_level(logging.WARNING, logger="scalesocket"):
+        config = server_module.uvicorn_config(None, child_settings("echo"))  # type: ignore[arg-type]
+    assert config.ws == "websockets-sansio" and config.http == "httptools"  # never silently unbounded:
+    assert "plain ASGI" in caplog.text and "limits" in caplog.text  # both said out loud

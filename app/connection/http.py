@@ -101,5 +101,13 @@ class HttpProtocol(HttpToolsProtocol):
             transport.close()
 
 
+def http_problem() -> str | None:
+    """Why HttpProtocol cannot run under the installed uvicorn (the hooks it extends), or None."""
+    for name in ("data_received", "connection_made", "connection_lost", "on_headers_complete", "on_message_complete"):
+        if not callable(getattr(HttpToolsProtocol, name, None)):
+            return f"uvicorn's HttpToolsProtocol has no {name}()"
+    return None
+
+
 def http_class(handshake_timeout: float) -> type[HttpProtocol]:
     return type("ScalesocketHttp", (HttpProtocol,), {"handshake_timeout": handshake_timeout})

@@ -141,7 +141,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self._respond(500, "Internal Server Error", [], b"server shutting down")
         elif self.state is OPEN and not self.close_sent:
             self.send_close(1012, "server restarting")
-        self.transport.close()
+        self._close_transport()
 
     # --- reading -----------------------------------------------------------------------------------
 
@@ -228,7 +228,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self.close_sent = True
             self.transport.write(control_frame(CLOSE, data))  # echo it, as websockets does
         self.state = CLOSING
-        self.transport.close()  # the server closes TCP first (RFC 6455 §7.1.1)
+        self._close_transport()  # the server closes TCP first (RFC 6455 §7.1.1)
 
     def _fail(self, code: int, reason: str) -> None:
         if not self.close_sent:
@@ -236,7 +236,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self.transport.write(close_frame(code, reason))
         self.close_code = code
         self.state = CLOSING
-        self.transport.close()
+        self._close_transport()
 
     # --- writing -----------------------------------------------------------------------------------
 
@@ -251,6 +251,14 @@ class WebSocketProtocol(asyncio.Protocol):
         self._stop_keepalive()
         self._resume(BY_OUTPUT | BY_ROOM | BY_QUEUE)  # read on, so the peer's closing frame is seen
         self._close_timer = self.loop.call_later(CLOSE_DRAIN, self.transport.abort)
+
+    def _close_transport(self) -> None:
+        """Close once what is buffered is written; a peer that never reads it is cut off after CLOSE_DRAIN."""
+        if self.state is CLOSED:
+            return
+        self.transport.close()
+        if self._close_timer is None:
+            self._close_timer = self.loop.call_later(CLOSE_DRAIN, self.transport.abort)
 
     def _wake_writers(self) -> None:
         waiters, self._write_waiters = self._write_waiters, []
@@ -315,7 +323,7 @@ class WebSocketProtocol(asyncio.Protocol):
             phrase = _PHRASES.get(refusal.status, "Bad Request")
             headers = [(b"sec-websocket-version", b"13")] if refusal.status == 426 else []
             self._respond(refusal.status, phrase, headers, refusal.text.encode() + b"\n")
-            self.transport.close()
+            self._close_transport()
             return
         raw_path, _, query = upgrade.target.partition(b"?")
         root = self.config.root_path
@@ -363,7 +371,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 log.error("websocket endpoint returned without accepting or refusing")
                 self._respond(500, "Internal Server Error", [], b"internal error\n")
         if self._close_timer is None:
-            self.transport.close()
+            self._close_transport()
 
     # --- ASGI ----------------------------------------------------------------------------------------
 
@@ -401,7 +409,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._start_keepalive()  # frames sent right behind the request wait for receive() or run()
             elif kind == "websocket.close":
                 self._respond(403, "Forbidden", [], b"")
-                self.transport.close()
+                self._close_transport()
             elif kind == "websocket.http.response.start":
                 headers = list(message.get("headers", []))
                 self._denial = (message["status"], headers, [])
@@ -419,7 +427,7 @@ class WebSocketProtocol(asyncio.Protocol):
                     phrase = ""
                 self._respond(status, phrase, headers, b"".join(body))
                 self._put({"type": "websocket.disconnect", "code": 1006})
-                self.transport.close()
+                self._close_transport()
         elif self.state is OPEN and not self.close_sent:
             if kind == "websocket.send":
                 await self._wait_writable()
