@@ -4,6 +4,8 @@ Each room is `{"name", "connections", "metadata"}`: its clients, and what its ch
 with a `"_meta": true` line (json server framing; `null` until then). Like `/<room>/stats` it
 describes the room a client joining now would join: a valid name with no open room answers
 `connections: 0, metadata: null`, so a lobby may ask about any name. A trailing `/` is accepted.
+In a cluster (`--registry`) `/api/<room>` answers as the room's owner sees it, from any instance;
+`/api/rooms` lists this instance's rooms.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from app.names import valid_room
 from app.rooms import Rooms
+from app.stats import _from_owner as from_owner  # the cluster's hop to a room's owner, as for /<room>/stats
 
 __all__ = ["api_routes", "room_info"]
 
@@ -38,7 +41,10 @@ async def room(request: Request) -> Response:
     name: str = request.path_params["room"]
     if not valid_room(name):
         return JSONResponse({"error": f"not a valid room name: {name!r}"}, status_code=404)
-    info = room_info(request.state.rooms, name)
+    rooms: Rooms = request.state.rooms
+    if name not in rooms.live and (answer := await from_owner(request, name)) is not None:
+        return answer  # SPEC §16: the room as its owner sees it, from any instance
+    info = room_info(rooms, name)
     field: str | None = request.path_params.get("field")
     if field is None:
         return JSONResponse(info)

@@ -102,6 +102,7 @@ class Instance:
             "--joinmsg=join #REMOTE_ADDR #HTTP_X_DOOR #HTTP_HOST",
             "--stats",
             "--metrics",
+            "--api",
         ]
         argv += [sys.executable, "--", "-u", CHILD]
         self.argv = [*argv, str(children_log)]

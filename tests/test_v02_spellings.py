@@ -67,3 +67,10 @@ def test_bad_values_exit_2(argv: list[str], names: str, capsys: pytest.CaptureFi
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and names in err, err
+
+
+def test_maxforks_is_maxrooms(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert to_settings(["--maxforks", "3", "cat"]).maxrooms == 3
+    assert to_settings(["--maxforks=2", "cat"]).maxrooms == 2
+    monkeypatch.setenv("SCALESOCKET_MAXFORKS", "4")
+    assert to_settings(["cat"]).maxrooms == 4
