@@ -39,11 +39,18 @@ class Cache:
     def record(self, batch: Batch) -> None:
         """Keep the messages of a broadcast `batch` (under tagged: only those marked `"_cache": true`)."""
         items = self._items
-        for payload in batch.payloads:
-            if self._tagged and not tagged(payload):
-                continue
-            items.append((batch.opcode, payload))
-            self.nbytes += len(payload)
+        opcode = batch.opcode
+        if self._tagged:
+            wire = batch.wire()  # one search for the whole batch (its encoding is built for sending anyway)
+            if wire.find(b'"_cache"') < 0 and wire.find(b"\\u") < 0:
+                return
+            for payload in batch.payloads:
+                if tagged(payload):
+                    items.append((opcode, payload))
+                    self.nbytes += len(payload)
+        else:
+            items.extend([(opcode, payload) for payload in batch.payloads[-self._size :]])
+            self.nbytes += sum(map(len, batch.payloads[-self._size :]))
         while items and (len(items) > self._size or self.nbytes > self._max_bytes):
             self.nbytes -= len(items.popleft()[1])
 

@@ -49,6 +49,11 @@ class Memory:
 
     def _take_meta(self, delivery: Delivery) -> Delivery:
         target, batch = delivery
+        # One search over the batch's websocket encoding, which is built once for sending anyway, rather
+        # than two per line: most batches hold no _meta line (nor a \u escape that could spell one).
+        wire = batch.wire()
+        if wire.find(b'"_meta"') < 0 and wire.find(b"\\u") < 0:
+            return delivery
         kept: list[bytes] | None = None  # built only once a _meta line turns up
         for index, payload in enumerate(batch.payloads):
             metadata = metadata_of(payload)
