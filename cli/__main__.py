@@ -202,7 +202,7 @@ def parser() -> Parser:
     )
     p.add_argument(
         "--cache",
-        metavar="<[all|tagged:]SIZE>",
+        metavar="=[all|tagged:]<SIZE>",
         help="Replay the room's last SIZE (1-1024) broadcast messages to each client that joins; "
         'tagged: keeps only json lines with "_cache": true',
     )
@@ -215,7 +215,7 @@ def parser() -> Parser:
     )
     p.add_argument(
         "--delimiters",
-        metavar="<CHARS>",
+        metavar="=<CHARS>",
         help="Output items end at any of CHARS instead of \\n (escapes \\n \\t \\r \\0 \\\\ understood)",
     )
     p.add_argument("--null", action="store_true", default=None, help="Output items end at NUL")
