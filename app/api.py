@@ -10,15 +10,16 @@ In a cluster (`--registry`) `/api/<room>` answers as the room's owner sees it, f
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from app import forward
 from app.names import valid_room
 from app.rooms import Rooms
-from app.stats import _from_owner as from_owner  # the cluster's hop to a room's owner, as for /<room>/stats
 
 __all__ = ["api_routes", "room_info"]
 
@@ -34,17 +35,20 @@ def room_info(rooms: Rooms, name: str) -> dict[str, Any]:
 async def rooms_list(request: Request) -> Response:
     rooms: Rooms = request.state.rooms
     # Only rooms a client may join: not websocketd's `/` rooms, which are nobody else's.
-    return JSONResponse([room_info(rooms, name) for name in list(rooms.live) if valid_room(name)])
+    listed = [room_info(rooms, name) for name in list(rooms.live) if valid_room(name)]
+    # In a cluster (SPEC §16), every instance's rooms: each room is live on its owner only.
+    for body in await forward.ask_peers(request):
+        listed += [info for info in json.loads(body) if isinstance(info, dict)]
+    return JSONResponse(listed)
 
 
 async def room(request: Request) -> Response:
     name: str = request.path_params["room"]
     if not valid_room(name):
         return JSONResponse({"error": f"not a valid room name: {name!r}"}, status_code=404)
-    rooms: Rooms = request.state.rooms
-    if name not in rooms.live and (answer := await from_owner(request, name)) is not None:
+    if name not in request.state.rooms.live and (answer := await forward.ask_owner(request, name)) is not None:
         return answer  # SPEC §16: the room as its owner sees it, from any instance
-    info = room_info(rooms, name)
+    info = room_info(request.state.rooms, name)
     field: str | None = request.path_params.get("field")
     if field is None:
         return JSONResponse(info)

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from urllib.parse import quote
 
 import anyio
-from starlette.responses import PlainTextResponse, Response
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidStatus
@@ -30,6 +31,7 @@ from websockets.uri import parse_uri
 from app.batch import BINARY, TEXT, Batch
 from app.cluster import Cluster, Forward
 from app.connection import Connection, open_connection
+from app.registry import Unreachable
 from app.rooms import Refused
 from app.settings import Settings, split_host_port
 
@@ -78,6 +80,49 @@ def forwarded_client(websocket: WebSocket, cluster: Cluster) -> str | None:
 def from_peer(headers: Mapping[str, str], cluster: Cluster) -> bool:
     """An HTTP request another instance made on a client's behalf (under the secret)."""
     return _holds_secret(headers.get(SECRET_HEADER), cluster)
+
+
+async def ask_owner(request: Request, name: str) -> Response | None:
+    """The owner's answer to this GET about room `name` (`/<room>/stats`, `/api/<room>`) when
+    another instance owns it; None when it is ours or nobody's (answer locally)."""
+    cluster: Cluster = request.state.cluster
+    if not cluster.clustered or from_peer(request.headers, cluster):
+        return None  # a peer asking on a client's behalf gets our own view: never asked around again
+    try:
+        owner = await cluster.owner_elsewhere(name)
+        if owner is None:
+            return None
+        status, content_type, body = await fetch(owner.address, request.url.path, cluster)
+    except (Unreachable, OSError, TimeoutError, ValueError, IndexError) as error:
+        return JSONResponse({"error": f"cannot ask the room's owner: {error or type(error).__name__}"}, 503)
+    return Response(body, status, media_type=content_type)
+
+
+async def ask_peers(request: Request) -> list[bytes]:
+    """Every other live instance's answer to this GET (`/api/rooms`), as bodies; those that do not
+    answer in time are left out."""
+    cluster: Cluster = request.state.cluster
+    if not cluster.clustered or from_peer(request.headers, cluster):
+        return []
+    try:
+        peers = await cluster.registry.peers()
+    except Unreachable:
+        return []
+    peers.pop(cluster.instance, None)
+    bodies: list[bytes] = []
+
+    async def one(address: str) -> None:
+        try:
+            status, _, body = await fetch(address, request.url.path, cluster)
+        except (OSError, TimeoutError, ValueError, IndexError):
+            return
+        if status == 200:
+            bodies.append(body)
+
+    async with anyio.create_task_group() as tg:
+        for address in peers.values():
+            tg.start_soon(one, address)
+    return bodies
 
 
 def _holds_secret(claimed: str | None, cluster: Cluster) -> bool:

@@ -13,9 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app import forward
-from app.cluster import Cluster
 from app.names import valid_room
-from app.registry import Unreachable
 from app.rooms import Rooms
 
 _COUNTS = ("messages_in", "messages_out", "bytes_in", "bytes_out")  # plain integers on `Room`
@@ -41,7 +39,7 @@ async def stats(request: Request) -> Response:
     if not valid_room(name):
         return JSONResponse({"error": f"not a valid room name: {name!r}"}, status_code=404)
     rooms: Rooms = request.state.rooms
-    if name not in rooms.live and (answer := await _from_owner(request, name)) is not None:
+    if name not in rooms.live and (answer := await forward.ask_owner(request, name)) is not None:
         return answer  # SPEC §16: the room as its owner sees it, from any instance
     values = room_stats(rooms, name)
     statistic: str | None = request.path_params.get("statistic")
@@ -50,18 +48,3 @@ async def stats(request: Request) -> Response:
     if statistic not in values:
         return JSONResponse({"error": f"unknown statistic: {statistic!r}", "statistics": list(values)}, 404)
     return JSONResponse(values[statistic])
-
-
-async def _from_owner(request: Request, name: str) -> Response | None:
-    """Another instance's answer for a room it owns; None when the room is ours or nobody's."""
-    cluster: Cluster = request.state.cluster
-    if not cluster.clustered or forward.from_peer(request.headers, cluster):
-        return None  # a peer asking on a client's behalf gets our own view: never asked around again
-    try:
-        owner = await cluster.owner_elsewhere(name)
-        if owner is None:
-            return None
-        status, content_type, body = await forward.fetch(owner.address, request.url.path, cluster)
-    except (Unreachable, OSError, TimeoutError, ValueError, IndexError) as error:
-        return JSONResponse({"error": f"cannot ask the room's owner: {error or type(error).__name__}"}, 503)
-    return Response(body, status, media_type=content_type)

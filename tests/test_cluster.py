@@ -136,9 +136,14 @@ async def test_forwarded_client_is_seen_by_the_owner_with_its_real_address(tmp_p
                     seen = [(await http.get(f"{n.http}/where/stats")).json() for n in (n1, n2)]
                     pid = (await http.get(f"{n2.http}/where/stats/pid")).json()
                     nobody = (await http.get(f"{n2.http}/nobody/stats")).json()
+                    api = [(await http.get(f"{n.http}/api/where")).json() for n in (n1, n2)]
+                    listed = [(await http.get(f"{n.http}/api/rooms")).json() for n in (n1, n2)]
                     metrics = [
                         (await http.get(f"{n.http}/metrics", headers={"Accept": "text/plain"})).text for n in (n1, n2)
                     ]
+                # --api too: the room and the list of rooms, cluster-wide, from any instance.
+                assert api[0] == api[1] == {"name": "where", "connections": 2, "metadata": None}
+                assert listed[0] == listed[1] == [api[0]]
                 assert 'scalesocket_instance{instance="n1"} 1.0' in metrics[0]
                 assert "scalesocket_rooms_owned 1.0" in metrics[0] and "scalesocket_rooms_owned 0.0" in metrics[1]
                 assert "scalesocket_forwarded_connections_open 1.0" in metrics[1]
