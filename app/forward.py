@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import ssl
 from collections.abc import Mapping
 from urllib.parse import quote
 
 import anyio
+import anyio.abc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -132,6 +134,18 @@ def _holds_secret(claimed: str | None, cluster: Cluster) -> bool:
     return hmac.compare_digest(claimed.encode(), secret.encode())
 
 
+def peer_tls(settings: Settings) -> ssl.SSLContext | None:
+    """With --ssl the instances speak TLS to each other too, trusting exactly --sslcert (the one
+    certificate a cluster's instances share) and not the host name: they dial addresses, not names."""
+    if settings.sslcert is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_verify_locations(cafile=str(settings.sslcert))
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the leaf itself may be the anchor
+    return context
+
+
 async def fetch(address: str, path: str, cluster: Cluster) -> tuple[int, str, bytes]:
     """GET `path` from the instance at `address` (a small JSON answer): (status, content type, body).
 
@@ -144,8 +158,14 @@ async def fetch(address: str, path: str, cluster: Cluster) -> tuple[int, str, by
         f"{SECRET_HEADER}: {cluster.secret}\r\n{VIA_HEADER}: {cluster.instance}\r\n\r\n"
     ).encode()
     data = b""
+    context = peer_tls(cluster.settings)
     with anyio.fail_after(OPEN_TIMEOUT):
-        async with await anyio.connect_tcp(host, port) as stream:
+        stream: anyio.abc.ByteStream
+        if context is not None:
+            stream = await anyio.connect_tcp(host, port, ssl_context=context, tls_standard_compatible=False)
+        else:
+            stream = await anyio.connect_tcp(host, port)
+        async with stream:
             await stream.send(request)
             try:
                 while len(data) < FETCH_LIMIT:
@@ -314,14 +334,15 @@ async def _open(
     """Connect to the owner and complete the handshake; InvalidStatus when it refuses."""
     host, port = split_host_port(target.address)
     path = f"/{name}" + (f"?{query}" if query else "")
+    context = peer_tls(settings)
     ws = ClientProtocol(
-        parse_uri(f"ws://{target.address}{path}"),
+        parse_uri(f"{'wss' if context is not None else 'ws'}://{target.address}{path}"),
         subprotocols=[Subprotocol(p) for p in subprotocols] or None,
         max_size=settings.max_message_size,
     )
     loop = asyncio.get_running_loop()
     with anyio.fail_after(OPEN_TIMEOUT):
-        _, upstream = await loop.create_connection(lambda: Upstream(ws), host, port)
+        _, upstream = await loop.create_connection(lambda: Upstream(ws), host, port, ssl=context)
         try:
             request = ws.connect()
             for key, value in headers:

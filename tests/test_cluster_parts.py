@@ -3,8 +3,10 @@ the registry's scripts against a real redis-server, and an instance started whil
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +29,7 @@ from cli.__main__ import to_settings
 from tests.cluster_harness import REDIS, Instance, Redis, open_client
 from tests.conftest import TIMEOUT, Running, Serve, alive, child_settings, recv_text, wait_gone
 from tests.test_backpressure import connect_stalling, eventually, read_all, seq_settings
+from tests.test_tls import make_pair
 
 pytestmark = pytest.mark.anyio
 needs_redis = pytest.mark.skipif(REDIS is None, reason="needs redis-server (see .ci/run)")
@@ -229,5 +232,30 @@ async def test_a_stalled_forwarded_client_neither_holds_the_room_back_nor_grows_
                 (relay,) = entry.server.app.state.cluster.relays  # still there: its client reads nothing
                 assert relay.queued <= entry.server.app.state.settings.outbox_bytes + 256 * 1024, relay.queued
                 stalled.transport.abort()
+    finally:
+        await redis.stop()
+
+
+@needs_redis
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+async def test_instances_with_tls_forward_over_tls_trusting_their_shared_certificate(tmp_path: Path) -> None:
+    cert, key = make_pair(tmp_path, "cluster")
+    redis = Redis(tmp_path)
+    await redis.start()
+    await redis.command("SET", "scalesocket:epoch", "1")
+    tls = child_settings("pid", ssl=True, sslcert=cert, sslkey=key, stats=True)
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    try:
+        async with clustered(redis, "a", tls) as owner, clustered(redis, "b", tls) as entry:
+            async with connect(f"wss://127.0.0.1:{owner.port}/t", ssl=client_tls) as a:
+                await a.send("a")
+                pid = (await recv_text(a)).split()[0]
+                async with connect(f"wss://127.0.0.1:{entry.port}/t", ssl=client_tls) as b:
+                    await b.send("b")
+                    assert await recv_text(b) == f"{pid} b"  # carried to the owner, over TLS
+                    assert await recv_text(a) == f"{pid} b"
+                    async with httpx.AsyncClient(verify=client_tls) as http:
+                        stats = (await http.get(f"https://127.0.0.1:{entry.port}/t/stats")).json()
+                    assert (stats["pid"], stats["connections"]) == (int(pid), 2)
     finally:
         await redis.stop()
