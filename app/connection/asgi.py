@@ -19,7 +19,7 @@ CLOSE_TIMEOUT = 1.0  # an ASGI close to a client that does not read can wait for
 
 
 class AsgiConnection(Connection):
-    __slots__ = ("_paused", "_resumed", "_sending", "_wake", "_websocket")
+    __slots__ = ("_paused", "_resumed", "_send_scope", "_sending", "_wake", "_websocket")
 
     def __init__(self, websocket: WebSocket, limit: int) -> None:
         super().__init__(limit)
@@ -28,6 +28,12 @@ class AsgiConnection(Connection):
         self._paused = False
         self._resumed = anyio.Event()
         self._sending = False  # the writer is inside an ASGI send: the socket may be full
+        self._send_scope: anyio.CancelScope | None = None  # around those sends: a close that drops the outbox ends them
+
+    def close(self, code: int, reason: str, *, drain: bool = True) -> None:
+        super().close(code, reason, drain=drain)
+        if not drain and self._send_scope is not None:
+            self._send_scope.cancel()  # a send waiting on a client that does not read would wait forever
 
     def pause_reading(self) -> None:
         if not self._paused:
@@ -82,13 +88,13 @@ class AsgiConnection(Connection):
                     self._wake = anyio.Event()
                     continue
                 self._sending = True
-                for batch in self._take():
-                    if self.close_request is not None and not self.close_request.drain:
-                        break
-                    key = "text" if batch.opcode == TEXT else "bytes"
-                    for payload in batch.payloads:
-                        value: str | bytes = payload.decode() if key == "text" else payload
-                        await send({"type": "websocket.send", key: value})
+                with anyio.CancelScope() as self._send_scope:
+                    for batch in self._take():
+                        key = "text" if batch.opcode == TEXT else "bytes"
+                        for payload in batch.payloads:
+                            value: str | bytes = payload.decode() if key == "text" else payload
+                            await send({"type": "websocket.send", key: value})
+                self._send_scope = None
                 self._sending = False
                 request = self.close_request
                 if request is not None and not self.outbox:
