@@ -127,6 +127,8 @@ class Rooms:
         assert conn.info is not None
         log.error("refusing new room: %s", why, extra={"room": name, "id": conn.id})
         room = Room(name, self.settings, self, conn.info)
+        if self.caches is not None and room.memory is not None and room.memory.cache:
+            self.caches.put(name, room.memory.cache)  # this room never runs: a kept cache waits on
         if self._no_connections.is_set():
             self._no_connections = anyio.Event()
         room.add(conn)

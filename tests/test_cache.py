@@ -14,6 +14,7 @@ from app.cache import Cache, Caches
 from app.settings import Settings
 from cli.__main__ import main, to_settings
 from tests.conftest import TIMEOUT, UNIT, Running, Serve, child_settings, recv, recv_text, wait_gone
+from tests.test_tcp import closed_with, free_ports, ready, tcp_settings, until
 
 # --- pure -------------------------------------------------------------------------------------------------
 
@@ -258,9 +259,7 @@ async def watch(ws: ClientConnection, seen: list[int], private: list[int], warm:
 
 async def join_and_check(s: object, seen: list[int], failures: list[str], index: int) -> None:
     latest = seen[-1] if seen else 0
-    # A short close timeout: while the room's output flows, the server's answer to a client's close can
-    # take the client's whole default close timeout (10 s) to arrive (seen on main at 18:10, noted for `conn`).
-    async with s.connect("/race", close_timeout=0.2 * UNIT) as ws:  # type: ignore[attr-defined]
+    async with s.connect("/race") as ws:  # type: ignore[attr-defined]
         got = [json.loads(await recv(ws)) for _ in range(SIZE + 20)]  # the replay, then live ones
     numbers = [m.get("n") for m in got]
     if any("private" in m or "id" in m for m in got):
@@ -295,3 +294,21 @@ async def test_replay_under_concurrent_joins_and_continuous_output(server: Serve
     assert not failures, "\n".join(failures[:3])
     assert seen == list(range(1, len(seen) + 1))  # the watcher too got everything once, in order
     assert private and all(p % 3 == 0 for p in private)  # the private lines did flow, to their client only
+
+
+@pytest.mark.anyio
+async def test_a_room_refused_for_want_of_a_port_leaves_the_kept_cache(server: Serve) -> None:
+    async with server(tcp_settings("echo", ports=free_ports(1), cache="5", cachepersist=True)) as s:
+        async with s.connect("/b") as b:
+            await ready(b)
+            await b.send("kept")
+            assert await recv(b) == "kept"
+        await until(lambda: not s.rooms.running)
+        async with s.connect("/a") as a:  # takes the only port
+            await ready(a)
+            async with s.connect("/b") as refused:
+                assert (await closed_with(refused))[0] == 1013
+        await until(lambda: not s.rooms.running)
+        async with s.connect("/b") as b:
+            replay = [await recv_text(b) for _ in range(2)]
+            assert replay[0].startswith("ready") and replay[1] == "kept"

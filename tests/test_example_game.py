@@ -27,10 +27,11 @@ SCREENSHOTS = ROOT / "tests" / "screenshots"
 
 
 def readme_command() -> list[str]:
-    """The README's one-line command for the example, on a free loopback port."""
-    for line in (ROOT / "README.md").read_text().splitlines():
-        if "examples/tictactoe/game.py" in line and "`scalesocket " in line:
-            words = shlex.split(line.split("`scalesocket ", 1)[1].split("`", 1)[0])
+    """The README's command for the example (a line of its own, `\\` continuations joined), on a free port."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if "examples/tictactoe/game.py" in line and line.lstrip().startswith("scalesocket "):
+            words = shlex.split(line.lstrip().removeprefix("scalesocket "))
             return [sys.executable, "-m", "cli", "--addr", "127.0.0.1:{port}", *words]
     raise AssertionError("README.md: no command line for examples/tictactoe")
 
