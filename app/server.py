@@ -23,6 +23,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from app import create_app
+from app.admission import event_loop
 from app.cluster import Cluster
 from app.connection import fast_path_problem, protocol_class
 from app.connection.http import http_class, http_problem
@@ -66,6 +67,7 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         ws_ping_timeout=settings.ping_timeout or None,  # 0: no deadline for the pong
         ws_per_message_deflate=False,  # most lines are short; compression costs more CPU than it saves
         log_config=None,  # logging is ours (app.logs), uvicorn's lines included
+        loop=event_loop(),  # under a small descriptor limit, one that never drops a connection unanswered
         lifespan="on",
         timeout_graceful_shutdown=1,
         proxy_headers=True,  # REMOTE_ADDR is the real client behind nginx or an ingress
