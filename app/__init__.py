@@ -143,6 +143,8 @@ def __getattr__(name: str) -> Starlette:
     from app import logs
 
     logs.configure_library(settings.verbosity, settings.json_logs)
+    if settings.quiet_below is not None:  # SCALESOCKET_LOGLEVEL=error or fatal
+        logs.quiet_below(settings.quiet_below)
     asgi = create_app(settings)
     globals()["asgi"] = asgi
     return asgi

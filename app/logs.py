@@ -237,9 +237,11 @@ def configure(verbose: int, json_logs: bool) -> None:
 
 
 def quiet_below(level: int) -> None:
-    """Log only records at `level` or above (websocketd's --loglevel error and fatal)."""
+    """Log only records at `level` or above (websocketd's --loglevel error and fatal): every line
+    under the CLI (its one handler is the root's), our own under `uvicorn app:asgi`."""
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)
+    logging.getLogger("scalesocket").setLevel(level)
 
 
 def configure_library(verbose: int, json_logs: bool) -> None:

@@ -233,6 +233,20 @@ async def test_loglevel_error_logs_no_info() -> None:
         assert b"INFO" not in proc.stderr and b"listening" not in proc.stderr, proc.stderr
 
 
+async def test_loglevel_error_under_uvicorn_app_asgi() -> None:
+    env = dict(os.environ, SCALESOCKET_CMD="cat", SCALESOCKET_LOGLEVEL="error")
+    argv = [sys.executable, "-m", "uvicorn", "app:asgi", "--host", "127.0.0.1", "--port", "{port}"]
+    async with run(argv, env=env) as proc:
+        async with connect(proc.url + "/r") as ws:
+            await ws.send("x")
+            assert await recv_text(ws) == "x"
+        proc.process.terminate()
+        await proc.wait_exit()
+        await proc.stderr_closed.wait()
+    assert b"child started" not in proc.stderr, proc.stderr  # scalesocket's info lines are off
+    assert b"Uvicorn running" in proc.stderr  # uvicorn's own lines follow its own --log-level
+
+
 async def test_closems_bounds_the_stop_of_a_child_ignoring_sigterm() -> None:
     async with run(scalesocket("--closems", "200", mode="ignore-term")) as proc:
         async with connect(proc.url + "/r") as ws:
