@@ -19,6 +19,7 @@ from cli.__main__ import main
 from tests.conftest import CHILD, Serve, child_settings
 from tests.test_browser import CHROMIUM, Page, chromium
 from tests.test_process import run
+from tests.test_tls import OPENSSL, make_pair
 
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 
@@ -161,3 +162,21 @@ async def test_console_shows_binary_messages_as_hex(tmp_path: Path) -> None:
         await key(page, "hi", enter=True)  # the child gets it raw and prints it in hex: "6869\n", binary too
         await wait_row(page, "in", "binary, 5 bytes: 36 38 36 39 0a")
         await screenshot(page, "binary", 900, 400, mobile=False)
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(CHROMIUM is None or OPENSSL is None, reason="needs chromium and openssl")
+async def test_console_over_https_connects_with_wss(server: Serve, tmp_path: Path) -> None:
+    cert, private_key = make_pair(tmp_path, "console")
+    settings = child_settings("echo", devconsole=True, sslcert=cert, sslkey=private_key)
+    async with server(settings) as s, chromium(tmp_path) as browser:
+        await browser.call("Security.setIgnoreCertificateErrors", {"ignore": True})  # our own self-signed one
+        page = await browser.open(f"https://127.0.0.1:{s.port}/?room=tls")
+        await wait_state(page, "idle")
+        assert await page.evaluate("document.getElementById('base').textContent") == f"wss://127.0.0.1:{s.port}/"
+        await page.evaluate("document.getElementById('connect').click()")
+        await wait_state(page, "open")
+        await wait_row(page, "event", f"connecting to wss://127.0.0.1:{s.port}/tls")
+        await page.evaluate("document.getElementById('message').focus()")
+        await key(page, "secret", enter=True)
+        await wait_row(page, "in", "secret")
