@@ -163,6 +163,16 @@ async def test_console_shows_binary_messages_as_hex(tmp_path: Path) -> None:
         await wait_row(page, "in", "binary, 5 bytes: 36 38 36 39 0a")
         await screenshot(page, "binary", 900, 400, mobile=False)
 
+        # A refused handshake (a reserved name: 400): the browser only says 1006; the console says more.
+        await page.evaluate("document.getElementById('connect').click()")
+        await wait_state(page, "closed 1000")
+        await page.evaluate("document.getElementById('room').value = 'health'")
+        await page.evaluate("document.getElementById('connect').click()")
+        await wait_state(page, "closed 1006")
+        await wait_row(
+            page, "event", "never opened: the server refused the handshake or is unreachable (its log says why)"
+        )
+
 
 @pytest.mark.anyio
 @pytest.mark.skipif(CHROMIUM is None or OPENSSL is None, reason="needs chromium and openssl")
