@@ -42,7 +42,12 @@ CLAIM = (
     _EPOCH
     + """
 local current = redis.call('GET', KEYS[4])
-if current then return current end
+if current then
+  -- Our own key (a lease kept over a restart, or one whose release failed): adopting it must
+  -- also extend it, or the lease's new deadline would outlive the key.
+  if string.match(current, '^%d+ (%S+) ') == ARGV[2] then redis.call('PEXPIRE', KEYS[4], ARGV[1]) end
+  return current
+end
 if redis.call('EXISTS', KEYS[2]) == 1 then return false end
 local owner = redis.call('INCR', KEYS[3]) .. ' ' .. ARGV[2] .. ' ' .. ARGV[3]
 redis.call('SET', KEYS[4], owner, 'PX', ARGV[1])

@@ -148,6 +148,9 @@ async def test_registry_scripts(tmp_path: Path) -> None:
         assert (mine.instance, mine.address) == ("a", "a:1")
         theirs = await registry.claim("r", "b", "b:1", 5)
         assert theirs == mine  # the current owner, atomically
+        await redis.command("PEXPIRE", "scalesocket:room:r", "100")
+        assert await registry.claim("r", "a", "a:1", 5) == mine  # its own key, adopted again...
+        assert int((await redis.command("PTTL", "scalesocket:room:r"))[1:]) > 4000  # ...and extended
         assert await registry.renew({"r": mine.encode()}, 5, "a", "a:1") == set()
         assert await registry.renew({"r": "9 b b:1"}, 5, "b", "b:1") == {"r"}  # not b's to renew
         await registry.release("r", "9 b b:1")  # compare and delete: not b's to release either
