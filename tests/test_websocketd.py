@@ -8,6 +8,7 @@ import logging
 import os
 import struct
 import sys
+from pathlib import Path
 
 import anyio
 import httpx
@@ -18,6 +19,7 @@ from app.server import uvicorn_config
 from app.settings import Settings
 from cli.__main__ import main, to_settings
 from tests.conftest import TIMEOUT, UNIT, Serve, alive, child_settings, recv, recv_text, wait_gone
+from tests.test_browser import CHROMIUM, chromium
 from tests.test_process import run, scalesocket
 
 pytestmark = pytest.mark.anyio
@@ -264,3 +266,28 @@ async def test_ping_over_slash_never_reaches_the_child(server: Serve) -> None:
             await pong
         await ws.send("after")
         assert await recv_text(ws) == "after"  # the echo's first line since "ready": the ping was not a line
+
+
+# --- a page written for websocketd, in a real browser -------------------------------------------
+
+WEBSOCKETD_PAGE = """<!doctype html>
+<pre id="log"></pre>
+<script>
+  // websocketd's count example, unchanged: it connects to / on the page's own host.
+  var ws = new WebSocket('ws://' + location.host + '/');
+  ws.onmessage = function (event) { document.getElementById('log').textContent += event.data + '\\n'; };
+  ws.onclose = function (event) { document.getElementById('log').textContent += 'DISCONNECT ' + event.code; };
+</script>
+"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+async def test_a_page_written_for_websocketd_counts(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text(WEBSOCKETD_PAGE)
+    argv = scalesocket("--staticdir", str(site), mode="exit", args=("0", "1", "2", "3\n"))
+    async with run(argv) as proc, chromium(tmp_path) as browser:
+        page = await browser.open(f"http://127.0.0.1:{proc.port}/")
+        await page.wait_for("document.getElementById('log').textContent.includes('DISCONNECT')")
+        assert await page.evaluate("document.getElementById('log').textContent") == "1\n2\n3\nDISCONNECT 1000"
