@@ -3,6 +3,7 @@ the registry's scripts against a real redis-server, and an instance started whil
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import socket
@@ -29,6 +30,7 @@ from cli.__main__ import to_settings
 from tests.cluster_harness import REDIS, Instance, Redis, open_client
 from tests.conftest import TIMEOUT, Running, Serve, alive, child_settings, recv_text, wait_gone
 from tests.test_backpressure import connect_stalling, eventually, read_all, seq_settings
+from tests.test_process import ROOT
 from tests.test_tls import make_pair
 
 pytestmark = pytest.mark.anyio
@@ -262,3 +264,30 @@ async def test_instances_with_tls_forward_over_tls_trusting_their_shared_certifi
                     assert (stats["pid"], stats["connections"]) == (int(pid), 2)
     finally:
         await redis.stop()
+
+
+def test_kubernetes_pods_form_a_cluster_and_drain_within_their_grace_period(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """deploy/kubernetes/deployment.yaml's arguments are valid options (pod IP and name filled in as
+    Kubernetes would), and the pod is given time to drain: preStop + drain + stop grace + 1 s."""
+    text = (ROOT / "deploy" / "kubernetes" / "deployment.yaml").read_text()
+    block = text.split("args:", 1)[1].split("env:", 1)[0]
+    args = []
+    for line in block.splitlines():
+        item = line.strip().removeprefix("- ")
+        if not item:
+            continue
+        item = item.split("  #", 1)[0].strip()  # a comment after the value
+        args.append(item[1:-1] if item[:1] == "'" else item)
+    args = [arg.replace("$(POD_IP)", "10.0.0.7").replace("$(POD_NAME)", "scalesocket-abc12") for arg in args]
+    monkeypatch.chdir(ROOT)  # the image's working directory holds examples/
+    monkeypatch.delenv("SCALESOCKET_CLUSTER_SECRET", raising=False)
+    settings = to_settings(args)
+    assert settings.registry is not None and settings.advertised == "10.0.0.7:9000"
+    assert settings.instance == "scalesocket-abc12"
+    grace = int(re.search(r"terminationGracePeriodSeconds: (\d+)", text)[1])  # type: ignore[index]
+    pre_stop = int(re.search(r'command: \["sleep", "(\d+)"\]', text)[1])  # type: ignore[index]
+    assert grace > pre_stop + settings.drain_timeout + settings.stop_grace + 1
+    assert settings.drain_timeout > 0
+    assert re.search(r"readinessProbe:\s+(#[^\n]*\s+)?httpGet:\s+path: /health/ready", text)
