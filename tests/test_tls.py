@@ -9,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidMessage
+from websockets.exceptions import ConnectionClosed, InvalidMessage
 
 from app.settings import Settings
 from tests.conftest import TIMEOUT, Serve, child_settings, recv_text
@@ -113,3 +114,36 @@ def test_tls_from_the_environment(pairs: dict[str, Path], monkeypatch: pytest.Mo
     monkeypatch.setenv("SCALESOCKET_SSLKEY", str(pairs["key"]))
     monkeypatch.setenv("SCALESOCKET_SSL", "true")
     assert Settings(cmd="cat").tls
+
+
+@pytest.mark.anyio
+async def test_the_cli_server_speaks_tls(pairs: dict[str, Path]) -> None:
+    """The real process (uvloop, our protocol): https:// answers, wss:// connects, HTTPS=on under --cgi."""
+    port = free_port()
+    argv = [sys.executable, "-m", "cli", "--addr", f"127.0.0.1:{port}", "--cgi", "--ssl"]
+    argv += ["--sslcert", str(pairs["cert"]), "--sslkey", str(pairs["key"]), "/usr/bin/env"]
+    context = ssl.create_default_context(cafile=str(pairs["cert"]))
+    process = await anyio.open_process(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        with anyio.fail_after(TIMEOUT):
+            async with httpx.AsyncClient(verify=context) as http:
+                while True:
+                    try:
+                        if (await http.get(f"https://127.0.0.1:{port}/health")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        assert process.returncode is None, "server exited"
+                        await anyio.sleep(0.05)
+        async with connect(f"wss://127.0.0.1:{port}/r", ssl=context, open_timeout=TIMEOUT) as ws:
+            lines = []
+            with pytest.raises(ConnectionClosed):  # env prints its environment and exits
+                while True:
+                    lines.append(await recv_text(ws))
+        assert "HTTPS=on" in lines and f"SERVER_PORT={port}" in lines
+    finally:
+        process.terminate()
+        with anyio.move_on_after(TIMEOUT):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+        await process.aclose()
