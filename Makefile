@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint check bench clean
+.PHONY: run test lint check bench faults clean
 
 $(BIN)/scalesocket: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ check: test
 
 bench: $(BIN)/scalesocket
 	$(BIN)/python -m bench
+
+# Hostile clients and children against a real server, one table (docs/faults.md). make test runs
+# the same scenarios with smaller counts (tests/test_faults.py).
+faults: $(BIN)/scalesocket
+	$(BIN)/python -m faults
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""`make faults`: hostile clients and children against a real server, one table (docs/faults.md)."""

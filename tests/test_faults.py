@@ -1,0 +1,31 @@
+"""The fault report's scenarios (faults/), with the smaller counts: each must end as SPEC says, leave
+no process, zombie or descriptor behind, and keep /health answering (issue 10; `make faults` for the
+heavy counts and the table in docs/faults.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from faults.__main__ import run_one
+from faults.scenarios import SCENARIOS
+
+pytestmark = pytest.mark.anyio
+
+# What SPEC asks and the server does not do yet, as the fault report says: kept visible as xfail.
+KNOWN = {
+    "handshake: HTTP/1.0 upgrade": "an HTTP/1.0 upgrade is accepted (RFC 6455 asks for 1.1): the parser lets it by",
+}
+
+
+def params() -> list[object]:
+    return [
+        pytest.param(s.name, marks=[pytest.mark.xfail(reason=KNOWN[s.name])] * (s.name in KNOWN)) for s in SCENARIOS
+    ]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("name", params())
+async def test_fault_scenario(name: str) -> None:
+    item = next(s for s in SCENARIOS if s.name == name)
+    row = await run_one(item, big=False)
+    assert row.ok, f"{row.observed} | leaked {row.leaked} | peak {row.peak_rss} | /health {row.health}"
