@@ -126,7 +126,7 @@ class Server(uvicorn.Server):
             for server in self.servers:  # the port really bound (0 asks for any)
                 for sock in server.sockets:
                     port = sock.getsockname()[1]
-            tls = bool(getattr(self.app.state.settings, "sslcert", None))
+            tls = bool(self.app.state.settings.tls)
             extra = listening_fields(self.config.host, port, tls)
             settings: Settings = self.app.state.settings
             if settings.registry is not None:  # which instance of the cluster this is (SPEC §16)
