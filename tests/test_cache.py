@@ -4,6 +4,7 @@ the private-message rule, tagged lines, persistence with its TTL and room cap, a
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import anyio
 import pytest
@@ -312,3 +313,17 @@ async def test_a_room_refused_for_want_of_a_port_leaves_the_kept_cache(server: S
         async with s.connect("/b") as b:
             replay = [await recv_text(b) for _ in range(2)]
             assert replay[0].startswith("ready") and replay[1] == "kept"
+
+
+@pytest.mark.anyio
+async def test_gwsocket_frames_for_one_client_are_never_replayed(server: Serve) -> None:
+    gw = str(Path(__file__).parent / "children" / "gw.py")
+    settings = child_settings("unused", frame="binary", cache="10").model_copy(update={"args": ["-u", gw]})
+    async with server(settings) as s, s.connect("/r") as a:
+        first = [await recv(a) for _ in range(4)]  # the child's opening frames, text and binary
+        await a.send("ping")
+        assert [await recv(a) for _ in range(2)] == ["echo:ping", "from 1 type 1"]  # private, then broadcast
+        async with s.connect("/r") as b:
+            assert [await recv(b) for _ in range(5)] == [*first, "from 1 type 1"]  # kinds kept, no echo:ping
+            await b.send("x")
+            assert await recv(b) == "echo:x"
