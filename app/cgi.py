@@ -49,7 +49,7 @@ def cgi_environment(scope: Mapping[str, Any], room: str) -> dict[str, str]:
 
     `HTTPS=on` when the connection came over TLS (uvicorn's scheme `wss`, also from a trusted
     proxy's `X-Forwarded-Proto`). SERVER_NAME and SERVER_PORT come from the Host header, what it
-    lacks from the address the server is bound to.
+    lacks from the address the server is bound to. Every header but `Proxy` is an `HTTP_<NAME>`.
     """
     from app import __version__  # here, not at import: app/__init__ imports the routes, which import us
 
@@ -75,5 +75,9 @@ def cgi_environment(scope: Mapping[str, Any], room: str) -> dict[str, str]:
     }
     if scope.get("scheme") in ("wss", "https"):
         env["HTTPS"] = "on"
-    env.update(http_variables(headers))
+    variables = http_variables(headers)
+    # httpoxy (CVE-2016-5385 and kin): a client's `Proxy:` header would become HTTP_PROXY, which
+    # many HTTP libraries take as their outgoing proxy. `#HTTP_PROXY` in a template still has it.
+    variables.pop("HTTP_PROXY", None)
+    env.update(variables)
     return env

@@ -76,6 +76,12 @@ def test_server_name_and_port_from_host_else_bound(host: bytes | None, name: str
     assert (env["SERVER_NAME"], env["SERVER_PORT"]) == (name, port)
 
 
+def test_no_http_proxy_from_a_client_header() -> None:
+    """httpoxy: a `Proxy:` header must not become the child's HTTP_PROXY (its libraries' proxy)."""
+    env = cgi_environment(scope([(b"proxy", b"http://evil.example:8080"), (b"x-a", b"1")]), "r")
+    assert "HTTP_PROXY" not in env and env["HTTP_X_A"] == "1"
+
+
 def test_https_on_only_under_tls() -> None:
     assert "HTTPS" not in cgi_environment(scope([]), "r")
     assert cgi_environment(scope([], scheme="wss"), "r")["HTTPS"] == "on"
