@@ -30,6 +30,7 @@ logging.addLevelName(TRACE, "TRACE")
 
 QUEUE_SIZE = 10_000  # records waiting for the writer thread; past it they are dropped and counted
 STOP_TIMEOUT = 1.0  # how long exit waits for the writer to flush; a stderr nobody reads never drains
+REPORT_EVERY = 1.0  # a drop is reported within this long even if nothing else is logged
 
 # Attributes every LogRecord has; anything else on a record came in through `extra`.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -121,16 +122,23 @@ class LogWriter:
     def _run(self) -> None:
         records = self.handler.records
         while True:
-            record = records.get()
+            try:
+                record: logging.LogRecord | None = records.get(timeout=REPORT_EVERY)
+            except queue.Empty:  # quiet now: still say what was lost, without waiting for a next line
+                if self.handler.dropped > self.reported:
+                    self._write((self._report() + "\n").encode(errors="replace"))
+                continue
             if record is None:
                 return
             lines = [self.formatter.format(record)]
-            dropped = self.handler.dropped
-            if dropped > self.reported:
-                lost = dropped - self.reported
-                self.reported = dropped
-                lines.insert(0, self.formatter.format(_dropped_record(lost, dropped)))
+            if self.handler.dropped > self.reported:
+                lines.insert(0, self._report())
             self._write(("\n".join(lines) + "\n").encode(errors="replace"))
+
+    def _report(self) -> str:
+        dropped = self.handler.dropped
+        lost, self.reported = dropped - self.reported, dropped
+        return self.formatter.format(_dropped_record(lost, dropped))
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)

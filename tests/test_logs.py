@@ -7,6 +7,7 @@ import fcntl
 import logging
 import os
 import queue
+import select
 import statistics
 import subprocess
 import sys
@@ -51,6 +52,29 @@ def test_a_stderr_nobody_reads_never_blocks_the_logger_and_drops_are_reported() 
             except BlockingIOError:
                 time.sleep(0.01)
         assert b"log lines dropped" in seen and b"dropped=" in seen, seen[-500:]
+    finally:
+        writer.stop(timeout=1)
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_a_drop_is_reported_even_if_nothing_more_is_logged() -> None:
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    handler = logs.DroppingQueueHandler(queue.Queue(10))
+    writer = logs.LogWriter(handler, logs.PlainFormatter(), fd=write_end)
+    logger = logging.Logger("t")
+    logger.addHandler(handler)
+    try:
+        for _ in range(1000):  # fills the pipe and the queue: most are dropped
+            logger.warning("x" * 100)
+        assert handler.dropped > 0
+        seen = b""
+        deadline = time.monotonic() + TIMEOUT
+        while b"log lines dropped" not in seen and time.monotonic() < deadline:  # and no more logging
+            if select.select([read_end], [], [], 0.1)[0]:
+                seen += os.read(read_end, 1 << 20)
+        assert b"log lines dropped" in seen
     finally:
         writer.stop(timeout=1)
         os.close(read_end)
