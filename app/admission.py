@@ -139,7 +139,8 @@ class Limits:
         """Why a client may not join room `name` (valid), given the server's joined `connections`,
         its `rooms` (until reaped) and the `clients` of the live room of that name; None: it may."""
         if self.rooms is not None and name not in self.rooms:
-            return Refused(403, f"room {name!r} is not open here (--rooms)", kind="rooms")
+            what = f"room {name!r}" if name else "/ (websocketd's room of its own)"
+            return Refused(403, f"{what} is not open here (--rooms)", kind="rooms")
         if self.maxconnections is not None and connections >= self.maxconnections:
             return self.busy(f"server full: {self.maxconnections} connections (--maxconnections)", "maxconnections")
         if new_room and self.maxrooms is not None and rooms >= self.maxrooms:

@@ -285,4 +285,6 @@ async def test_websocketds_own_room_counts_toward_maxrooms_and_is_not_in_rooms(s
         await refused_503(s, "/")
         await refused_503(s, "/named")
     async with server(child_settings("echo", rooms="lobby")) as s:
-        assert (await answer(s.port, "/")).status == 403
+        refused = await answer(s.port, "/")
+        assert refused.status == 403
+        assert b"/ (websocketd's room of its own) is not open here (--rooms)" in refused.body
