@@ -134,8 +134,8 @@ async def test_ping_flood_is_bounded_and_never_reaches_the_child(server: Serve) 
     async with server(child_settings("echo")) as s:
         sock = await open_raw(s, upgrade_request(), rcvbuf=4096)
         await upgraded(sock)
-        before = rss()
         pings = frame(0x9, b"p" * 125) * 100_000  # 13 MB of pings, and the client never reads a pong
+        before = rss()
         sent = await send_for(sock, pings, 3 * UNIT)
         (protocol,) = protocols(s)
         buffered = protocol.transport.get_write_buffer_size()
@@ -168,8 +168,8 @@ async def test_inbound_budget_bounds_what_unread_children_hold(server: Serve) ->
         socks = [await open_raw(s, upgrade_request(f"/r{i}")) for i in range(12)]
         for sock in socks:
             await upgraded(sock)
-        before = rss()
         message = frame(0x2, b"m" * (size - 16))
+        before = rss()
         async with anyio.create_task_group() as tg:
             for sock in socks:
                 tg.start_soon(send_for, sock, message, 3 * UNIT)
