@@ -305,3 +305,23 @@ async def test_compression_is_not_negotiated_and_compressed_frames_are_refused(s
         assert struct.unpack("!H", close[2:4])[0] == 1002
         assert closed
         sock.close()
+
+
+async def test_a_kicked_client_that_never_reads_is_cut_off_after_the_drain_deadline(
+    server: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.connection import protocol as protocol_module
+    from tests.test_backpressure import read_all, seq_settings
+
+    monkeypatch.setattr(protocol_module, "CLOSE_DRAIN", 1.0 * UNIT)
+    async with server(seq_settings()) as s:
+        stalled = await open_raw(s, upgrade_request("/busy"), rcvbuf=4096)  # never reads a byte after this
+        await upgraded(stalled)
+        async with s.connect("/busy") as reader:
+            await reader.send("go")
+            await read_all(reader)  # the stalled one is kicked (1008) so this one gets everything
+            assert s.rooms.slow_clients == 1
+            with anyio.fail_after(TIMEOUT):  # its close frame cannot reach it: aborted at the deadline
+                while len(protocols(s)) > 1:  # noqa: ASYNC110 - no event for a peer's socket going
+                    await anyio.sleep(0.05)
+        stalled.close()

@@ -15,7 +15,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from app.batch import TEXT
 from app.connection.base import Connection, OnMessage
 
-CLOSE_TIMEOUT = 1.0  # an ASGI close to a client that does not read can wait forever: give up
+CLOSE_TIMEOUT = 10.0  # an ASGI close waits for room in the socket (a slow client reads on, or not): not forever
 
 
 class AsgiConnection(Connection):

@@ -250,7 +250,12 @@ class WebSocketProtocol(asyncio.Protocol):
         self.transport.write(close_frame(code, reason))
         self._stop_keepalive()
         self._resume(BY_OUTPUT | BY_ROOM | BY_QUEUE)  # read on, so the peer's closing frame is seen
-        self._close_timer = self.loop.call_later(CLOSE_DRAIN, self.transport.abort)
+        self.arm_drain_deadline()
+
+    def arm_drain_deadline(self) -> None:
+        """From now on the connection has CLOSE_DRAIN seconds to be over, or it is aborted."""
+        if self._close_timer is None and self.state is not CLOSED:
+            self._close_timer = self.loop.call_later(CLOSE_DRAIN, self.transport.abort)
 
     def _close_transport(self) -> None:
         """Close once what is buffered is written; a peer that never reads it is cut off after CLOSE_DRAIN."""
@@ -477,7 +482,7 @@ class FastConnection(Connection):
         """Hand client messages to `on_message` as they are parsed, until the connection is gone."""
         protocol = self._protocol
         protocol.on_message = on_message
-        self._drain()  # what was queued before the handshake, or a close requested meanwhile
+        self._socket_wake()  # what was queued before the handshake, or a close requested meanwhile
         if protocol.state is not CLOSED:
             protocol._process()  # frames the client sent right behind its request
             protocol._account()
@@ -491,7 +496,16 @@ class FastConnection(Connection):
         return True
 
     def _socket_wake(self) -> None:
-        if self._protocol.writable:
+        protocol = self._protocol
+        request = self.close_request
+        if request is not None and protocol.state is not CONNECTING:
+            # A close waits for the outbox at most CLOSE_DRAIN, and one that drops it goes out now,
+            # behind what the transport holds: a client that never reads cannot keep it open.
+            protocol.arm_drain_deadline()
+            if not request.drain:
+                self._drain()
+                return
+        if protocol.writable:
             self._drain()
 
     def _drain(self) -> None:
@@ -502,7 +516,7 @@ class FastConnection(Connection):
             return
         if protocol.state is CONNECTING:
             return  # run() drains once the handshake is done
-        if self.outbox and not protocol.close_sent:
+        if self.outbox and not protocol.close_sent and protocol.writable:
             protocol.transport.writelines([batch.wire() for batch in self._take()])
         request = self.close_request
         if request is not None and not self.outbox:
