@@ -12,9 +12,7 @@ from faults.scenarios import SCENARIOS
 pytestmark = pytest.mark.anyio
 
 # What SPEC asks and the server does not do yet, as the fault report says: kept visible as xfail.
-KNOWN = {
-    "handshake: HTTP/1.0 upgrade": "an HTTP/1.0 upgrade is accepted (RFC 6455 asks for 1.1): the parser lets it by",
-}
+KNOWN: dict[str, str] = {}
 
 
 def params() -> list[object]:

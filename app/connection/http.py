@@ -6,7 +6,8 @@ trickling bytes. Here (SPEC §13):
 - request headers over `MAX_HEADER_BYTES` are refused with 431 and the connection closed; the
   parser never sees more than that many bytes of one request's head;
 - a request whose head is not complete `handshake_timeout` seconds after the connection opened
-  (or after the previous request on it ended) is closed (slowloris).
+  (or after the previous request on it ended) is closed (slowloris);
+- an HTTP/1.0 upgrade is refused with 400 (uvicorn would hand it on as HTTP/1.1).
 Everything else is uvicorn's own protocol, unchanged.
 """
 
@@ -26,6 +27,13 @@ _BODY = b"request headers over 64 KiB\n"
 _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_BODY), _BODY)
+)
+
+
+_HTTP10_BODY = b"a websocket handshake needs HTTP/1.1\n"
+_HTTP10 = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_HTTP10_BODY), _HTTP10_BODY)
 )
 
 
@@ -92,6 +100,17 @@ class HttpProtocol(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
 
+    def handle_websocket_upgrade(self) -> None:
+        # uvicorn re-serializes the request as HTTP/1.1 for the websocket protocol, so the version
+        # the client sent is only known here: RFC 6455 §4.1 asks for HTTP/1.1 or later.
+        if self.scope.get("http_version") == "1.0":
+            log.info("websocket refused: an HTTP/1.0 request", extra={"status": 400})
+            self._disarm()
+            self.transport.write(_HTTP10)
+            self.transport.close()
+            return
+        super().handle_websocket_upgrade()
+
     def _head_overdue(self) -> None:
         self._head_timer = None
         transport = self.transport
@@ -103,7 +122,8 @@ class HttpProtocol(HttpToolsProtocol):
 
 def http_problem() -> str | None:
     """Why HttpProtocol cannot run under the installed uvicorn (the hooks it extends), or None."""
-    for name in ("data_received", "connection_made", "connection_lost", "on_headers_complete", "on_message_complete"):
+    hooks = ("data_received", "connection_made", "connection_lost", "on_headers_complete", "on_message_complete")
+    for name in (*hooks, "handle_websocket_upgrade"):
         if not callable(getattr(HttpToolsProtocol, name, None)):
             return f"uvicorn's HttpToolsProtocol has no {name}()"
     return None
