@@ -218,7 +218,10 @@ class OriginGuard:
             allowed = self.admission.origins
             if not origin_allowed(origin, host, allowed):
                 assert origin is not None
-                rule = f"same origin as Host {host!r} only" if allowed is None else "not in --origin"
+                if allowed is not None:
+                    rule = "not in --origin"
+                else:
+                    rule = f"same origin as Host {host!r} only" if host is not None else "no Host to compare it with"
                 refusal = Refused(
                     403,
                     f"origin {origin!r} not allowed ({rule}); allow it with {allow_hint(origin)}",
