@@ -130,6 +130,7 @@ class Cluster:
         self._claims: dict[str, anyio.Event] = {}  # rooms with a claim in flight
         self._idle = anyio.Event()  # a lease has no rooms left: release it
         self._down_since: float | None = None
+        self._conflict_logged = False
 
     @classmethod
     @asynccontextmanager
@@ -159,13 +160,15 @@ class Cluster:
 
     @property
     def ready(self) -> bool:
-        return self.reachable and not self.draining and not self.registry.quiet
+        return self.reachable and not self.draining and not self.registry.quiet and not self.registry.conflict
 
     def status(self) -> str:
         if self.draining:
             return "draining"
         if not self.reachable:
             return "registry unreachable"
+        if self.registry.conflict:
+            return "instance name in use"
         return "registry starting up" if self.registry.quiet else "ready"
 
     def close_relays(self, code: int, reason: str) -> None:
@@ -205,6 +208,8 @@ class Cluster:
                 continue
             if not self.reachable:
                 raise Refused(503, "room registry unreachable, try again")
+            if self.registry.conflict:  # claiming would adopt the other instance's rooms as ours
+                raise Refused(503, "instance name in use by another live instance")
             if self.draining:
                 if forwarded:
                     raise Refused(503, "instance draining, try again")
@@ -333,8 +338,15 @@ class Cluster:
                 {name: lease.owner for name, lease in live.items()},
                 self.ttl,
                 self.instance,
-                None if self.draining else self.address,
+                self.address,
+                draining=self.draining,
             )
+            if self.registry.conflict and not self._conflict_logged:
+                log.error(
+                    "another live instance is named %s: this one takes no rooms until it is gone (--instance)",
+                    self.instance,
+                )
+            self._conflict_logged = self.registry.conflict
             if not self.settings.cluster_secret:
                 self.secret = await self.registry.secret()  # a Redis that lost its data has a new one
         except Unreachable as error:

@@ -38,6 +38,7 @@ class Owner:
 
 class Registry(Protocol):
     quiet: bool  # as of the last renewal: the registry's data is new, and claims wait a lease's time
+    conflict: bool  # as of the last renewal: another live instance goes by this instance's name
 
     async def connect(self) -> None:
         """Reach the registry (raises Unreachable); called again until it succeeds."""
@@ -46,11 +47,13 @@ class Registry(Protocol):
         """Make this instance the room's owner for `ttl` seconds unless someone owns it: the owner
         either way, in one atomic step; None while the registry cannot hand out rooms yet."""
 
-    async def renew(self, leases: dict[str, str], ttl: float, instance: str, address: str | None) -> set[str]:
+    async def renew(
+        self, leases: dict[str, str], ttl: float, instance: str, address: str, *, draining: bool = False
+    ) -> set[str]:
         """Extend every lease (room -> encoded owner) by `ttl`, in one round trip; the rooms lost.
 
         Also announces this instance (reachable at `address`) to its peers for `ttl`, or withdraws
-        it when `address` is None (draining).
+        it while `draining` — unless another live instance has its name (`conflict`).
         """
 
     async def release(self, room: str, owner: str) -> None:
@@ -72,6 +75,7 @@ class Embedded:
     """A single instance's registry: it owns every room, and there are no peers."""
 
     quiet = False
+    conflict = False
 
     def __init__(self) -> None:
         self._tokens = itertools.count(1)
@@ -82,7 +86,9 @@ class Embedded:
     async def claim(self, room: str, instance: str, address: str, ttl: float) -> Owner | None:
         return Owner(next(self._tokens), instance, address)
 
-    async def renew(self, leases: dict[str, str], ttl: float, instance: str, address: str | None) -> set[str]:
+    async def renew(
+        self, leases: dict[str, str], ttl: float, instance: str, address: str, *, draining: bool = False
+    ) -> set[str]:
         return set()
 
     async def release(self, room: str, owner: str) -> None:

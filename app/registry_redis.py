@@ -55,25 +55,30 @@ return owner
 """
 )
 
-# KEYS: epoch, quiet, instances set, instance key, rooms...  ARGV: ttl ms, instance, address or '', owners...
+# KEYS: epoch, quiet, instances set, instance key, rooms...
+# ARGV: ttl ms, instance, address, draining ('1' or '0'), owners (ARGV[i] for KEYS[i], from 5 on).
 RENEW = (
     _EPOCH
     + """
 local quiet = redis.call('EXISTS', KEYS[2]) == 1
-if ARGV[3] == '' then
+local announced = redis.call('GET', KEYS[4])
+local conflict = announced and announced ~= ARGV[3]
+if conflict then
+  -- another live instance goes by this name: leave its entry alone (the caller takes no rooms)
+elseif ARGV[4] == '1' then
   redis.call('SREM', KEYS[3], ARGV[2])
   redis.call('DEL', KEYS[4])
 else
   redis.call('SADD', KEYS[3], ARGV[2])
   redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[1])
 end
-local lost = {quiet and 1 or 0}
+local lost = {quiet and 1 or 0, conflict and 1 or 0}
 for i = 5, #KEYS do
   local current = redis.call('GET', KEYS[i])
-  if current == ARGV[i - 1] then
+  if current == ARGV[i] then
     redis.call('PEXPIRE', KEYS[i], ARGV[1])
   elseif (not current) and quiet then
-    redis.call('SET', KEYS[i], ARGV[i - 1], 'PX', ARGV[1])
+    redis.call('SET', KEYS[i], ARGV[i], 'PX', ARGV[1])
   else
     table.insert(lost, i - 4)
   end
@@ -101,6 +106,7 @@ class RedisRegistry:
     def __init__(self, url: RegistryURL, timeout: float) -> None:
         self._timeout = timeout  # per operation: a Redis that hangs is an unreachable one
         self.quiet = False  # the registry's data is new: no claims for one TTL
+        self.conflict = False  # another live instance has our --instance name
         self._redis = aioredis.Redis(
             host=url.host,
             port=url.port,
@@ -130,12 +136,21 @@ class RedisRegistry:
         )
         return Owner.decode(value) if value else None
 
-    async def renew(self, leases: dict[str, str], ttl: float, instance: str, address: str | None) -> set[str]:
+    async def renew(
+        self, leases: dict[str, str], ttl: float, instance: str, address: str, *, draining: bool = False
+    ) -> set[str]:
         rooms = list(leases)
         keys = [EPOCH, QUIET, INSTANCES, instance_key(instance), *map(room_key, rooms)]
-        args: list[str | int] = [_ms(ttl), instance, address or "", *(leases[room] for room in rooms)]
-        quiet, *lost = await self._call(self._renew(keys=keys, args=args))
+        args: list[str | int] = [
+            _ms(ttl),
+            instance,
+            address,
+            "1" if draining else "0",
+            *(leases[room] for room in rooms),
+        ]
+        quiet, conflict, *lost = await self._call(self._renew(keys=keys, args=args))
         self.quiet = bool(quiet)
+        self.conflict = bool(conflict)
         return {rooms[int(index) - 1] for index in lost}
 
     async def release(self, room: str, owner: str) -> None:

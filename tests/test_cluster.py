@@ -16,7 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.protocol import State
 
-from tests.cluster_harness import REDIS, TTL, Cluster, cluster, open_client
+from tests.cluster_harness import REDIS, TTL, Cluster, Instance, cluster, open_client
 from tests.conftest import TIMEOUT, recv_text
 from tests.test_nginx import NGINX
 
@@ -172,6 +172,27 @@ async def test_a_room_reopened_while_its_old_child_stops_waits_for_it(tmp_path: 
                 assert (await recv_text(ws)).split()[1] != first.split()[1]  # a new child
         lives = c.children.check()["again"]  # no overlap, however slow the old child was to exit
         assert len(lives) == 3
+        await all_reaped(c)
+
+
+async def test_a_second_live_instance_of_the_same_name_takes_no_rooms(tmp_path: Path) -> None:
+    async with cluster(tmp_path, count=1) as c:
+        (n1,) = c.instances
+        twin = Instance(tmp_path / "twin", 1, c.redis, c.children.path, c.ttl)  # also named "n1"
+        (tmp_path / "twin").mkdir()
+        await twin.start()
+        try:
+            await twin.wait_status(200, path="/health")
+            await twin.wait_status(503)  # not ready: taking rooms would adopt the live n1's as its own
+            async with httpx.AsyncClient() as http:
+                assert (await http.get(twin.http + "/health/ready")).json() == {"status": "instance name in use"}
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(twin.url + "/twin-room")
+            assert refused.value.response.status_code == 503
+            assert b"another live instance is named n1" in twin.log.read_bytes()
+            assert await n1.status() == 200
+        finally:
+            await twin.close()
         await all_reaped(c)
 
 

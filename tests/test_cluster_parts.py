@@ -158,8 +158,13 @@ async def test_registry_scripts(tmp_path: Path) -> None:
         await registry.release("r", "9 b b:1")  # compare and delete: not b's to release either
         assert await registry.claim("r", "b", "b:1", 5) == mine
         assert await registry.peers() == {"a": "a:1", "b": "b:1"}
-        await registry.renew({}, 5, "b", None)  # b drains: it takes no new rooms
+        await registry.renew({}, 5, "b", "b:1", draining=True)  # b drains: it takes no new rooms
         assert await registry.peers() == {"a": "a:1"}
+        assert not registry.conflict
+        await registry.renew({}, 5, "a", "elsewhere:1")  # a second live "a": its entry is left alone
+        assert registry.conflict and await registry.peers() == {"a": "a:1"}
+        await registry.renew({}, 5, "a", "a:1")
+        assert not registry.conflict
         await registry.release("r", mine.encode())
         second = await registry.claim("r", "b", "b:1", 5)
         assert second is not None and second.instance == "b" and second.token > mine.token
