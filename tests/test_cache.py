@@ -242,7 +242,7 @@ async def test_persisted_cache_expires(server: Serve) -> None:
 
 # --- joins racing continuous output ------------------------------------------------------------------------
 
-SIZE = 1024  # the largest: after its first burst the child prints 50 lines a second, so 20 s of output fit in it
+SIZE = 256  # after its first burst the child prints 20 lines a second, so 12 s of output fit in the cache
 BURST = SIZE + 500
 
 
@@ -261,7 +261,7 @@ async def watch(ws: ClientConnection, seen: list[int], private: list[int], warm:
 async def join_and_check(s: object, seen: list[int], failures: list[str], index: int) -> None:
     latest = seen[-1] if seen else 0
     async with s.connect("/race") as ws:  # type: ignore[attr-defined]
-        got = [json.loads(await recv(ws)) for _ in range(SIZE + 20)]  # the replay, then live ones
+        got = [json.loads(await recv(ws)) for _ in range(SIZE + 5)]  # the replay, then live ones
     numbers = [m.get("n") for m in got]
     if any("private" in m or "id" in m for m in got):
         failures.append(f"joiner {index} got a private message: {got}")
@@ -271,14 +271,14 @@ async def join_and_check(s: object, seen: list[int], failures: list[str], index:
         failures.append(f"joiner {index} started at {numbers[0]} with {latest} out: more than {SIZE} replayed")
     elif numbers[0] > max(latest, 1):
         # The watcher had seen `latest` before this client even connected: unless more than SIZE lines came out
-        # during its handshake (20 s here), those are in its replay.
+        # during its handshake (12 s here), those are in its replay.
         failures.append(f"joiner {index} started at {numbers[0]}, after {latest} were out: no replay")
 
 
 @pytest.mark.anyio
 @pytest.mark.timeout(120)
 async def test_replay_under_concurrent_joins_and_continuous_output(server: Serve) -> None:
-    settings = child_settings("count", str(BURST), "50", "json", frame="json", cache=f"all:{SIZE}")
+    settings = child_settings("count", str(BURST), "20", "json", frame="json", cache=f"all:{SIZE}")
     seen: list[int] = []
     private: list[int] = []
     failures: list[str] = []
