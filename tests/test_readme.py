@@ -43,3 +43,10 @@ def test_every_file_the_readme_links_exists() -> None:
     root = Path(__file__).parent.parent
     files = set(re.findall(r"\]\(((?:docs|deploy|examples)/[^)#]*)\)", README))
     assert files and all((root / f).exists() for f in files), sorted(f for f in files if not (root / f).exists())
+
+
+def test_every_anchor_into_docs_has_its_heading() -> None:
+    root = Path(__file__).parent.parent
+    for path, anchor in set(re.findall(r"\]\(((?:docs|deploy)/[^)#]+\.md)#([^)]+)\)", README)):
+        headings = {slug(line.lstrip("#")) for line in (root / path).read_text().splitlines() if line.startswith("#")}
+        assert anchor in headings, (path, anchor)
