@@ -274,11 +274,12 @@ FULL_PARSE_MAX = 16 * 1024
 def stamp_id(message: str | bytes, client_id: int) -> bytes | None:
     """Return the JSON object ``message`` with ``"id"`` set to ``client_id``, as compact UTF-8; None if not one."""
     if len(message) > FULL_PARSE_MAX:
+        if not isinstance(message, str):
+            return stamp_top(message, client_id)
         try:
-            data = message.encode() if isinstance(message, str) else message
-        except UnicodeEncodeError:
+            return stamp_top(message.encode(), client_id, utf8=True)
+        except UnicodeEncodeError:  # a lone surrogate in the str: no UTF-8 form
             return None
-        return stamp_top(data, client_id)
     try:
         obj = _parse(message)
     except (ValueError, RecursionError):

@@ -43,6 +43,7 @@ _ID_MEMBER = re.compile(
     # of its value (two-space indent, or the one-space line closing it), up to the next member.
     rb'\n "(?:i|\\u0069)(?:d|\\u0064)": [^\n]*(?:\n(?:  | [\]}])[^\n]*)*'
 )
+_ID_KEY = re.compile(rb'"(?:i|\\u0069)(?:d|\\u0064)":')
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
@@ -54,18 +55,26 @@ def _top(data: bytes) -> _Top | None:
         return None
 
 
-def stamp_top(data: bytes, client_id: int) -> bytes | None:
-    """`framing.stamp_id` for a big message: the object with "id" set, compact; None if not an object."""
-    top = _top(data)
-    if top is None:
-        return None
+def stamp_top(data: bytes, client_id: int, *, utf8: bool = False) -> bytes | None:
+    """`framing.stamp_id` for a big message: the object with "id" set, compact; None if not an object.
+
+    `utf8`: the caller knows `data` is valid UTF-8 (it encoded a str), so it is not checked again.
+    """
     try:
-        if top.id is not msgspec.UNSET:  # the client sent one (or several): remove them all first
-            pretty = _ID_MEMBER.sub(b"", msgspec.json.format(data, indent=1))
+        if not utf8:
+            data.decode()  # msgspec does not check the UTF-8 of strings
+        compact = msgspec.json.format(data, indent=-1)  # as strict as decoding: NaN, trailing data, depth
+        if not compact.startswith(b"{"):
+            return None
+        # Most messages carry no id key at all: then the compact form is all there is to do. In it a key
+        # is always followed by ':' at once, and a quote inside a string is escaped, so this finds every
+        # top-level "id" (and sometimes a nested one: that only costs the decode below).
+        if _ID_KEY.search(compact) is not None and _DECODER.decode(compact).id is not msgspec.UNSET:
+            # The client sent one (or several): remove them all first.
+            pretty = _ID_MEMBER.sub(b"", msgspec.json.format(compact, indent=1))
             if pretty.endswith(b",\n}"):  # the removed member was the last one
                 pretty = pretty[:-3] + b"\n}"
-            data = pretty
-        compact = msgspec.json.format(data, indent=-1)
+            compact = msgspec.json.format(pretty, indent=-1)
     except _ERRORS:
         return None
     stamp = b'"id":%d}' % client_id
