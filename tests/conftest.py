@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +68,8 @@ async def serve(settings: Settings, *, plain_asgi: bool = False) -> AsyncIterato
     if plain_asgi:
         config.http, config.ws = "httptools", "websockets-sansio"
     server = Server(config, app)
-    with sock:  # closed however the test ends: a failing test must not leak it into the next one's warnings
+    tls = tolerating_tls_handshake_failures() if settings.tls else contextlib.nullcontext()
+    with sock, tls:  # sock closed however the test ends: a failing test must not leak it into the next one's warnings
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.serve, [sock])
             with anyio.fail_after(TIMEOUT):
@@ -76,6 +79,30 @@ async def serve(settings: Settings, *, plain_asgi: bool = False) -> AsyncIterato
                 yield Running(server, port)
             finally:
                 server.should_exit = True
+
+
+@contextmanager
+def tolerating_tls_handshake_failures() -> Iterator[None]:
+    """Let clients fail the TLS handshake (plain HTTP to the TLS port, a browser refusing a self-signed
+    certificate) without failing the test: that is the client's error, which asyncio's debug mode
+    (`make test` runs with PYTHONASYNCIODEBUG=1) reports to the loop's exception handler, and anyio's
+    test runner turns every such report into a failure. Any other report still reaches it."""
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), ssl.SSLError):
+            return
+        if previous is None:
+            loop.default_exception_handler(context)
+        else:
+            previous(loop, context)
+
+    loop.set_exception_handler(handler)
+    try:
+        yield
+    finally:
+        loop.set_exception_handler(previous)
 
 
 @pytest.fixture
