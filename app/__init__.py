@@ -33,9 +33,9 @@ from app.routes import RoomShortcut, State, bad_path, health, ready, room_socket
 from app.settings import Settings
 from app.static import StaticDir
 from app.stats import stats
+from app.version import __version__
 
-__all__ = ["Settings", "create_app"]
-__version__ = "0.2.0"
+__all__ = ["Settings", "__version__", "create_app"]
 
 log = logging.getLogger("scalesocket")
 

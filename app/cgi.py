@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from app.version import __version__
+
 __all__ = ["cgi_environment", "http_variables", "variable_name"]
 
 
@@ -51,8 +53,6 @@ def cgi_environment(scope: Mapping[str, Any], room: str) -> dict[str, str]:
     proxy's `X-Forwarded-Proto`). SERVER_NAME and SERVER_PORT come from the Host header, what it
     lacks from the address the server is bound to. Every header but `Proxy` is an `HTTP_<NAME>`.
     """
-    from app import __version__  # here, not at import: app/__init__ imports the routes, which import us
-
     headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
     server = scope.get("server") or ("", None)
     client = scope.get("client") or ("", None)
