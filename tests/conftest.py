@@ -21,6 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from app import create_app
 from app.server import Server, uvicorn_config
 from app.settings import Settings
+from cli.__main__ import main
 
 CHILD = str(Path(__file__).parent / "children" / "child.py")
 # Every timing of the suite is a multiple of this unit, so a slow machine can stretch them all at once.
@@ -103,6 +104,16 @@ def tolerating_tls_handshake_failures() -> Iterator[None]:
         yield
     finally:
         loop.set_exception_handler(previous)
+
+
+def error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line `scalesocket ARGV` exits 2 with."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
 
 
 @pytest.fixture

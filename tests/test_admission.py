@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from app.admission import FDS_PER_CONNECTION, FDS_PER_ROOM, Limits, descriptor_reserve, out_of_resources
 from app.names import MAX_LENGTH, RESERVED, name_problem
-from cli.__main__ import main, to_settings
-from tests.conftest import child_settings
+from cli.__main__ import to_settings
+from tests.conftest import child_settings, error_of
 
 
 @pytest.mark.parametrize(
@@ -174,11 +174,8 @@ def test_out_of_resources(code: int, kind: str | None) -> None:
 def test_bad_admission_options_exit_2_with_one_line_naming_them(
     argv: list[str], names: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    assert exited.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and names in err, err
+    err = error_of(argv, capsys)
+    assert names in err, err
 
 
 def test_admission_flags_and_their_variables(monkeypatch: pytest.MonkeyPatch) -> None:

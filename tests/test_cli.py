@@ -14,7 +14,7 @@ import pytest
 from app import __version__
 from app.settings import FrameMode
 from cli.__main__ import USAGE, main, parser, to_settings
-from tests.conftest import TIMEOUT
+from tests.conftest import TIMEOUT, error_of
 
 CAT = shutil.which("cat")
 ECHO = shutil.which("echo")
@@ -101,22 +101,7 @@ def test_flags_win_over_environment_which_fills_the_rest(monkeypatch: pytest.Mon
     ],
 )
 def test_bad_values_exit_2_with_one_line(argv: list[str], names: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    assert exited.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    assert names in err
-
-
-def error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """The one line `scalesocket ARGV` exits 2 with."""
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    assert exited.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1, err
-    return err
+    assert names in error_of(argv, capsys)
 
 
 def test_cmd_and_args_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from app.delimiters import DelimiterSplitter
 from app.settings import Settings, unescape_delimiters
-from cli.__main__ import main, to_settings
-from tests.conftest import Serve, child_settings, recv
+from cli.__main__ import to_settings
+from tests.conftest import Serve, child_settings, error_of, recv
 
 SETTINGS = settings(max_examples=200, deadline=None, database=None)
 DELIMS = st.lists(st.sampled_from(b";|\n\0\t,"), min_size=1, max_size=4, unique=True).map(bytes)
@@ -105,11 +105,8 @@ def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_bad_values_exit_2(argv: list[str], names: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    assert exited.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and names in err, err
+    err = error_of(argv, capsys)
+    assert names in err, err
 
 
 def test_json_client_framing_with_delimiters_is_fine() -> None:

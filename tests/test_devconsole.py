@@ -15,8 +15,7 @@ import httpx
 import pytest
 
 from app.devconsole import PAGE
-from cli.__main__ import main
-from tests.conftest import CHILD, Serve, child_settings
+from tests.conftest import CHILD, Serve, child_settings, error_of
 from tests.test_browser import CHROMIUM, Page, chromium
 from tests.test_process import run
 from tests.test_tls import OPENSSL, make_pair
@@ -48,11 +47,8 @@ async def test_served_at_slash_only_with_the_option(server: Serve) -> None:
 
 
 def test_devconsole_with_staticdir_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(["--devconsole", "--staticdir", str(tmp_path), "cat"])
-    assert exited.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--devconsole" in err and "--staticdir" in err
+    err = error_of(["--devconsole", "--staticdir", str(tmp_path), "cat"], capsys)
+    assert "--devconsole" in err and "--staticdir" in err, err
 
 
 # --- in a real browser ------------------------------------------------------------------------

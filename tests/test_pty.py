@@ -9,8 +9,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from cli.__main__ import main
-from tests.conftest import CHILD, UNIT, Serve, child_settings, recv, recv_text
+from tests.conftest import CHILD, UNIT, Serve, child_settings, error_of, recv, recv_text
 from tests.test_process import run
 
 pytestmark = pytest.mark.anyio
@@ -86,8 +85,5 @@ async def test_pty_under_the_cli_server() -> None:
 
 
 def test_pty_with_tcp_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(["--pty", "--tcp", "cat"])
-    assert exited.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--pty" in err and "--tcp" in err
+    err = error_of(["--pty", "--tcp", "cat"], capsys)
+    assert "--pty" in err and "--tcp" in err, err

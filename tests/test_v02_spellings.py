@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from app.settings import FrameMode, Settings
-from cli.__main__ import main, to_settings
+from cli.__main__ import to_settings
+from tests.conftest import error_of
 
 
 def test_delay_is_cmd_attach_delay() -> None:
@@ -62,11 +63,8 @@ def test_seed_meanings_stand() -> None:
     ],
 )
 def test_bad_values_exit_2(argv: list[str], names: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    assert exited.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and names in err, err
+    err = error_of(argv, capsys)
+    assert names in err, err
 
 
 def test_maxforks_is_maxrooms(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,8 +17,8 @@ from websockets.asyncio.client import connect
 
 from app.server import uvicorn_config
 from app.settings import Settings
-from cli.__main__ import main, to_settings
-from tests.conftest import TIMEOUT, UNIT, Serve, alive, child_settings, recv, recv_text, wait_gone
+from cli.__main__ import to_settings
+from tests.conftest import TIMEOUT, UNIT, Serve, alive, child_settings, error_of, recv, recv_text, wait_gone
 from tests.test_browser import CHROMIUM, chromium
 from tests.test_process import run, scalesocket
 
@@ -162,11 +162,8 @@ def test_ping_flags_and_zero() -> None:
     ],
 )
 def test_bad_values_exit_2_naming_the_option(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    assert exited.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and needle in err, err
+    err = error_of(argv, capsys)
+    assert needle in err, err
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
